@@ -1,0 +1,1 @@
+"""The operator web UI (served by the control plane) and the Grafana dashboard."""

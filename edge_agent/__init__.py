@@ -1,0 +1,1 @@
+"""The QSAE Fleet edge agent: device daemon, runtime and CLI (no torch, no server stack)."""

@@ -1,0 +1,1 @@
+"""Everything that trains: target network, QSAE, masks, threshold search, recovery, export."""
