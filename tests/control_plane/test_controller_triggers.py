@@ -1,0 +1,84 @@
+import numpy as np
+
+from control_plane.controller.rollouts import Outcomes, RolloutThresholds, Stage, canary_count, next_stage
+from control_plane.controller.triggers import (
+    AccuracyWindow,
+    DeviceState,
+    TriggerPolicy,
+    decide,
+    idempotency_key,
+)
+
+POLICY = TriggerPolicy(debounce_s=60, interval_s=3600)
+HIST = np.tile(np.array([50, 30, 15, 5]), (4, 1))
+GOOD = AccuracyWindow(inferences=1000, labelled=300, correct=270, estimated_sum=0.9 * 1000)
+
+
+def state(**kw):
+    base = dict(device_id="d1", now=10_000.0, has_active_job=False, last_job_at=None, deployed_at=9_000.0,
+                baseline=GOOD, recent=GOOD, reference_hist=HIST, latest_hist=HIST)
+    base.update(kw)
+    return DeviceState(**base)
+
+
+def test_a_steady_device_triggers_nothing():
+    d = decide(state(), POLICY)
+    assert d.reasons == [] and not d.enqueue and d.drift is not None and d.drift < 0.001
+
+
+def test_first_deploy_is_triggered_once_sketches_exist():
+    assert decide(state(deployed_at=None), POLICY).enqueue
+    d = decide(state(deployed_at=None, has_sketches=False), POLICY)
+    assert not d.enqueue and d.blocked == "no sketches uploaded yet"
+
+
+def test_labelled_accuracy_drop_triggers_with_its_reason():
+    recent = AccuracyWindow(inferences=1000, labelled=300, correct=240, estimated_sum=900)
+    d = decide(state(recent=recent), POLICY)
+    assert d.enqueue and d.reasons == ["labelled accuracy 80.0% < baseline 90.0% - 3 pp"]
+
+
+def test_too_few_labels_fall_back_to_the_estimate():
+    recent = AccuracyWindow(inferences=1000, labelled=20, correct=0, estimated_sum=800)
+    d = decide(state(recent=recent), POLICY)
+    assert len(d.reasons) == 1 and d.reasons[0].startswith("estimated accuracy 80.0%")
+
+
+def test_drift_of_stem_histograms_triggers():
+    shifted = np.tile(np.array([5, 15, 30, 50]), (4, 1))
+    d = decide(state(latest_hist=shifted), POLICY)
+    assert d.enqueue and d.reasons[0].startswith("drift ")
+
+
+def test_interval_triggers():
+    d = decide(state(deployed_at=10_000.0 - 4000), POLICY)
+    assert d.reasons == ["interval: deployed 4000 s ago"]
+
+
+def test_active_job_and_debounce_block_a_second_job():
+    shifted = np.tile(np.array([5, 15, 30, 50]), (4, 1))
+    d = decide(state(latest_hist=shifted, has_active_job=True), POLICY)
+    assert d.reasons and not d.enqueue and "already queued" in d.blocked
+    d = decide(state(latest_hist=shifted, last_job_at=10_000.0 - 10), POLICY)
+    assert not d.enqueue and d.blocked.startswith("debounced")
+    assert decide(state(latest_hist=shifted, last_job_at=10_000.0 - 100), POLICY).enqueue
+
+
+def test_idempotency_key_names_device_window_and_base():
+    assert idempotency_key("d1", 7, "3") == idempotency_key("d1", 7, "3") != idempotency_key("d1", 8, "3")
+
+
+T = RolloutThresholds(canary_share=0.25, success_min=2, max_failures=1)
+
+
+def test_canary_advances_to_full_then_done():
+    assert canary_count(8, T) == 2
+    assert next_stage(Stage.CANARY, Outcomes(targeted=2, healthy=1, failed=0), 8, T) is Stage.CANARY
+    assert next_stage(Stage.CANARY, Outcomes(targeted=2, healthy=2, failed=0), 8, T) is Stage.FULL
+    assert next_stage(Stage.FULL, Outcomes(targeted=8, healthy=7, failed=0), 8, T) is Stage.FULL
+    assert next_stage(Stage.FULL, Outcomes(targeted=8, healthy=8, failed=0), 8, T) is Stage.DONE
+
+
+def test_a_regressing_canary_aborts_and_paused_rollouts_stay_put():
+    assert next_stage(Stage.CANARY, Outcomes(targeted=2, healthy=1, failed=1), 8, T) is Stage.ABORTED
+    assert next_stage(Stage.PAUSED, Outcomes(targeted=2, healthy=2, failed=0), 8, T) is Stage.PAUSED
