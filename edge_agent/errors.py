@@ -39,3 +39,7 @@ class RejectedError(AgentError):
 class InstallError(AgentError):
     """A model version was refused on the device (download, verification, or shadow evaluation);
     the currently deployed model keeps serving."""
+
+    def __init__(self, message: str, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final  # True when trying the same manifest again cannot succeed

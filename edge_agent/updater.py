@@ -1,0 +1,280 @@
+"""Installs model versions like an A/B update, and rolls them back.
+
+For a desired version it: verifies the manifest's signature against the keys pinned at
+enrollment; downloads every file and checks its size and sha256; unpacks and loads it; shadow-
+evaluates it against the serving model on recent inputs kept on the device (agreement at least
+the manifest's floor); switches the `current` pointer atomically, keeping the last known good
+version; then watches the new version for `rollback_window` inferences and rolls back to the
+last known good one if its accuracy (labelled where feedback arrives, estimated otherwise) fell
+by more than the manifest's `rollback_accuracy_drop_pp`. Every transition becomes an event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edge_agent.backoff import Backoff
+from edge_agent.client import Assignment, FleetClient
+from edge_agent.errors import InstallError, RejectedError
+from edge_agent.model import LoadedModel
+from edge_agent.runtime import Runtime
+from edge_agent.store import Blocked, ModelStore, Pointer
+from edge_agent.telemetry import WindowSummary
+from qsae_shared.errors import ArtifactError, SignatureError, WireFormatError
+from qsae_shared.manifest import Manifest
+from qsae_shared.signing import verify_manifest
+from qsae_shared.sketch import SketchBuilder
+
+logger = logging.getLogger(__name__)
+
+MIN_LABELS = 50  # labels needed, on each side, before labelled accuracy decides a rollback
+LABEL_WAIT_FACTOR = 10  # judge without labels after this many rollback windows
+Z_ONE_SIDED_95 = 1.645  # a labelled drop must exceed the floor by this many standard errors
+
+EventSink = Callable[[str, "str | None", str], None]  # (kind, version_id, reason)
+FlushSink = Callable[[tuple[WindowSummary | None, SketchBuilder | None]], None]  # what Runtime.swap returns
+
+
+def manifest_digest(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+class Updater:
+    def __init__(self, device_id: str, base_model: str, signing_keys: dict[str, str], store: ModelStore,
+                 runtime: Runtime, client: FleetClient, emit: EventSink, flush: FlushSink,
+                 max_attempts: int = 3, intra_op_threads: int = 1) -> None:
+        self.device_id = device_id
+        self.base_model = base_model
+        self.signing_keys = signing_keys  # pinned at enrollment
+        self.store = store
+        self.runtime = runtime
+        self.client = client
+        self.emit = emit  # stores an event in the outbox
+        self.flush = flush  # stores the telemetry window and sketch a swap closed
+        self.max_attempts = max_attempts
+        self.intra_op_threads = intra_op_threads
+        self.last_error: str | None = None  # why the last install or the last version failed
+        self.backoff = Backoff(base_s=5.0, cap_s=600.0)  # between attempts at a failing version
+        self.retry_at = 0.0  # no install attempt before this time
+
+    # ----- start-up -----
+
+    def load_current(self) -> None:
+        """Serve what the pointer says; fall back to the last known good version if the current
+        one no longer verifies (disk corruption, a crash mid-install is impossible by design)."""
+        p = self.store.pointer()
+        for version in dict.fromkeys([p.current, p.last_known_good]):
+            if version is None:
+                continue
+            try:
+                model = self._load(version)
+            except (InstallError, ArtifactError, WireFormatError, OSError) as exc:
+                logger.error("device_id=%s model_version=%s cannot be loaded: %s", self.device_id, version, exc)
+                self.emit("failed", version, f"installed version no longer loads: {exc}")
+                continue
+            if version != p.current:
+                self.store.set_pointer(Pointer(version, version, None))
+                self.emit("rolled_back", p.current, f"current version failed to load; serving {version}")
+            self.flush(self.runtime.swap(model))
+            return
+
+    def _load(self, version: str) -> LoadedModel:
+        manifest = self.store.manifest(version)
+        return LoadedModel(manifest, self.store.materialize(version, manifest), self.intra_op_threads)
+
+    # ----- reconcile -----
+
+    def reconcile(self, assignment: Assignment | None, now: float) -> None:
+        """Move towards the desired version (no-op when already there, when it was refused, or
+        while a failed attempt's backoff runs)."""
+        if assignment is None or assignment.desired_version is None or assignment.manifest is None:
+            return
+        desired = assignment.desired_version
+        if desired == self.runtime.version or now < self.retry_at:
+            return
+        digest = manifest_digest(assignment.manifest)
+        blocked = self.store.blocked().get(desired)
+        if blocked and blocked.final and blocked.manifest_digest in (None, digest):
+            return
+        attempts = (blocked.attempts if blocked and blocked.manifest_digest == digest else 0) + 1
+        try:
+            self.install(desired, assignment.manifest)
+        except InstallError as exc:
+            final = exc.final or attempts >= self.max_attempts
+            self.store.block(desired, Blocked(str(exc), final, attempts, digest))
+            self.last_error = str(exc)
+            logger.warning("device_id=%s model_version=%s refused (attempt %d%s): %s", self.device_id, desired,
+                           attempts, ", final" if final else "", exc)
+            if final:
+                self.emit("rejected", desired, str(exc))
+            else:
+                self.retry_at = now + self.backoff.next_delay()
+                self.emit("failed", desired, f"attempt {attempts} of {self.max_attempts}: {exc}")
+        else:
+            self.backoff.reset()
+            self.retry_at = 0.0
+
+    def install(self, version: str, manifest_doc: dict[str, Any]) -> None:
+        """Download, verify, shadow-evaluate and switch to `version`. Raises InstallError (the old
+        model keeps serving) or RetryableError (try again later)."""
+        manifest = self._verified_manifest(version, manifest_doc)
+        if not (self.store.has(version) and self.store.manifest(version).to_json() == manifest.to_json()):
+            staging = self.store.staging_dir(version)
+            for entry in manifest.files:
+                got = self._download(entry.sha256, staging / "files" / entry.name, entry.size)
+                if got != entry.sha256:
+                    raise InstallError(f"file {entry.name} has sha256 {got[:12]}..., the signed manifest "
+                                       f"says {entry.sha256[:12]}... (corrupted or tampered download)")
+            self.emit("downloaded", version, f"{len(manifest.files)} file(s), {manifest.download_bytes} bytes")
+            self.store.commit(version, staging, manifest.to_json())
+        try:
+            candidate = self._load(version)
+            x, _ = self.runtime.recent()
+            candidate.check_shapes(x[:8] if len(x) else np.zeros((1, 1, 28, 28), np.float32))
+        except (ArtifactError, InstallError) as exc:
+            self.store.prune(self._keep())
+            raise InstallError(f"version {version} does not verify: {exc}", final=True) from exc
+        self.emit("verified", version, "signature, sha256 and model outputs check out")
+        self._shadow_evaluate(candidate)
+        self._switch(candidate)
+
+    def _verified_manifest(self, version: str, doc: dict[str, Any]) -> Manifest:
+        try:
+            manifest = Manifest.from_dict(doc)
+        except WireFormatError as exc:
+            raise InstallError(f"manifest of {version} is malformed: {exc}", final=True) from exc
+        try:
+            verify_manifest(manifest, self.signing_keys)
+        except SignatureError as exc:
+            raise InstallError(f"{exc} (keys pinned at enrollment: "
+                                      f"{', '.join(sorted(self.signing_keys)) or 'none'})", final=True) from exc
+        if manifest.version_id != version:
+            raise InstallError(f"assignment names {version} but its manifest is {manifest.version_id}", final=True)
+        if manifest.base_model != self.base_model:
+            raise InstallError(f"version {version} is built on {manifest.base_model}, this device "
+                                      f"runs {self.base_model}", final=True)
+        return manifest
+
+    def _download(self, sha256: str, dest: Any, size: int) -> str:
+        try:
+            return self.client.download(sha256, dest, size)
+        except RejectedError as exc:  # e.g. 404: the server does not have that file
+            raise InstallError(f"artifact {sha256[:12]} cannot be downloaded: {exc.reason}") from exc
+
+    def _shadow_evaluate(self, candidate: LoadedModel) -> None:
+        current = self.runtime.model
+        x, y = self.runtime.recent()
+        if current is None or len(x) == 0:
+            return
+        floors = candidate.manifest.floors
+        cur = current.run(x).logits.argmax(axis=1)
+        new = candidate.run(x).logits.argmax(axis=1)
+        agreement = float((cur == new).mean())
+        labelled = y >= 0
+        detail = f"agreement {agreement:.3f} with {current.version} on {len(x)} recent inputs"
+        if agreement < floors.shadow_agreement_min:
+            self.store.prune(self._keep())
+            raise InstallError(f"shadow evaluation: {detail}, below the floor "
+                                      f"{floors.shadow_agreement_min:.3f}", final=True)
+        if labelled.sum() >= MIN_LABELS:
+            acc_cur = float((cur[labelled] == y[labelled]).mean())
+            acc_new = float((new[labelled] == y[labelled]).mean())
+            if acc_cur - acc_new > floors.rollback_accuracy_drop_pp / 100:
+                self.store.prune(self._keep())
+                raise InstallError(f"shadow evaluation: accuracy {acc_new:.3f} vs {acc_cur:.3f} on "
+                                          f"{int(labelled.sum())} labelled recent inputs", final=True)
+        logger.info("device_id=%s model_version=%s shadow evaluation passed: %s", self.device_id,
+                    candidate.version, detail)
+
+    def _switch(self, candidate: LoadedModel) -> None:
+        old = self.store.pointer()
+        previous = self.runtime.model
+        lkg = old.last_known_good if old.probation else old.current
+        probation = None
+        if previous is not None and lkg is not None:
+            stats = self.runtime.stats(previous.version)
+            acc, n = stats.labelled
+            probation = {"version": candidate.version, "previous": previous.version,
+                         "baseline_estimated": stats.estimated, "baseline_labelled": acc, "baseline_labels": n,
+                         "window": candidate.manifest.floors.rollback_window,
+                         "drop_pp": candidate.manifest.floors.rollback_accuracy_drop_pp}
+        else:
+            lkg = candidate.version  # the first model: nothing to roll back to
+        self.store.set_pointer(Pointer(candidate.version, lkg, probation))
+        self.flush(self.runtime.swap(candidate))
+        self.store.unblock(candidate.version)
+        self.store.prune(self._keep())
+        self.last_error = None
+        self.emit("applied", candidate.version,
+                  f"serving; was {previous.version if previous else 'nothing'}"
+                  + (f", on probation for {probation['window']} inferences" if probation else ""))
+
+    def _keep(self) -> set[str]:
+        p = self.store.pointer()
+        return {v for v in (p.current, p.last_known_good) if v}
+
+    # ----- after the swap -----
+
+    def check_probation(self) -> None:
+        """Judge the version on probation once it has served long enough; roll back on regression."""
+        p = self.store.pointer()
+        prob = p.probation
+        if not prob or self.runtime.version != prob["version"]:
+            return
+        stats = self.runtime.stats(prob["version"])
+        window = int(prob["window"])
+        if stats.inferences < window:
+            return
+        floor = float(prob["drop_pp"]) / 100
+        reasons = []
+        est, base_est = stats.estimated, prob.get("baseline_estimated")
+        if est is not None and base_est is not None and base_est - est > floor:
+            reasons.append(f"estimated accuracy {est:.3f} vs {base_est:.3f} before the swap")
+        acc, n = stats.labelled
+        base_acc, base_n = prob.get("baseline_labelled"), int(prob.get("baseline_labels") or 0)
+        labels_expected = base_n >= MIN_LABELS
+        if acc is not None and base_acc is not None and n >= MIN_LABELS and labels_expected:
+            se = math.sqrt(base_acc * (1 - base_acc) / base_n + acc * (1 - acc) / n)
+            if base_acc - acc > floor + Z_ONE_SIDED_95 * se:
+                reasons.append(f"labelled accuracy {acc:.3f} on {n} labels vs {base_acc:.3f} on {base_n} "
+                               "before the swap")
+        if reasons:
+            self.rollback(f"accuracy regressed by more than {prob['drop_pp']:g} pp after the swap: "
+                          + "; ".join(reasons))
+            return
+        waiting_for_labels = labels_expected and n < MIN_LABELS and stats.inferences < LABEL_WAIT_FACTOR * window
+        if waiting_for_labels:
+            return
+        self.store.set_pointer(Pointer(p.current, p.current, None))
+        self.store.prune(self._keep())
+        logger.info("device_id=%s model_version=%s passed probation (estimated %s, labelled %s on %d)",
+                    self.device_id, p.current, est, acc, n)
+
+    def rollback(self, reason: str) -> bool:
+        """Go back to the last known good version; False when there is none to go back to."""
+        p = self.store.pointer()
+        bad, target = p.current, p.last_known_good
+        if target is None or target == bad:
+            return False
+        try:
+            model = self._load(target)
+        except (InstallError, ArtifactError, WireFormatError, OSError) as exc:
+            self.emit("failed", bad, f"rollback to {target} impossible: {exc}")
+            return False
+        self.store.set_pointer(Pointer(target, target, None))
+        self.flush(self.runtime.swap(model))
+        if bad:
+            self.store.block(bad, Blocked(f"rolled back: {reason}", True, 0, None))
+        self.store.prune(self._keep())
+        self.last_error = reason
+        logger.warning("device_id=%s model_version=%s rolled back to %s: %s", self.device_id, bad, target, reason)
+        self.emit("rolled_back", bad, f"{reason}; serving {target}")
+        return True
+
