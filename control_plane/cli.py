@@ -1,14 +1,36 @@
-"""`qsae-fleet`: the server-side command line (serve, db, worker, controller, demo, simulate).
+"""`qsae-fleet`: the server-side command line (serve, db, apikey, device, demo).
 
 Commands that train import `workers` lazily, so the control plane itself never loads torch.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+
 import typer
 
-app = typer.Typer(help="QSAE Fleet server side: control plane, workers, controller, demo.",
+app = typer.Typer(help="QSAE Fleet server side: control plane, workers, controller, demo.", pretty_exceptions_show_locals=False,
                   no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+apikey_app = typer.Typer(help="Operator API keys.", no_args_is_help=True)
+device_app = typer.Typer(help="Devices (the operator API, from the shell).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(device_app, name="device")
+
+
+def _setup_logging() -> None:
+    from control_plane.settings import get_settings
+
+    logging.basicConfig(level=get_settings().log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from control_plane.services import FleetStore
+
+    return FleetStore.from_settings()
 
 
 @app.command()
@@ -17,6 +39,108 @@ def demo(quick: bool = typer.Option(False, help="a smaller, faster run")) -> Non
     from workers.demo import run_demo
 
     run_demo(quick=quick)
+
+
+@app.command()
+def serve(host: str = typer.Option(None, help="default FLEET_HOST (127.0.0.1)"),
+          port: int = typer.Option(None, help="default FLEET_PORT (8000)"),
+          workers: int = typer.Option(None, help="uvicorn worker processes (default FLEET_WORKERS)"),
+          migrate: bool = typer.Option(True, help="run `db upgrade` first (turn off with several replicas)"),
+          ) -> None:
+    """Run the control plane API with uvicorn."""
+    import uvicorn
+
+    from control_plane.db.migrate import upgrade
+    from control_plane.settings import get_settings
+
+    _setup_logging()
+    s = get_settings()
+    if migrate:
+        upgrade(str(s.database_url))
+    uvicorn.run("control_plane.main:create_app", factory=True, host=host or s.host, port=port or s.port,
+                workers=workers or s.workers, log_level=s.log_level.lower(), access_log=False,
+                proxy_headers=True, server_header=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Create or migrate the schema of FLEET_DATABASE_URL."""
+    from control_plane.db.migrate import current_revision, upgrade
+    from control_plane.services import auth
+    from control_plane.settings import get_settings
+
+    _setup_logging()
+    s = get_settings()
+    upgrade(str(s.database_url), revision)
+    if s.bootstrap_admin_key:
+        store = _store()
+        store.db.run(auth.ensure_api_key, secret=s.bootstrap_admin_key, role="admin", name="bootstrap admin")
+        store.close()
+    typer.echo(f"database at revision {current_revision(str(s.database_url))}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision of FLEET_DATABASE_URL and the newest one this build knows."""
+    from control_plane.db.migrate import current_revision, head_revision
+    from control_plane.settings import get_settings
+
+    typer.echo(f"current {current_revision(str(get_settings().database_url))}, head {head_revision()}")
+
+
+@apikey_app.command("create")
+def apikey_create(role: str = typer.Option("admin", help="viewer | operator | admin"),
+                  name: str = typer.Option("cli", help="a label for the key")) -> None:
+    """Create an operator API key and print it (shown once)."""
+    from control_plane.services import auth
+
+    store = _store()
+    try:
+        key, secret = store.db.run(auth.create_api_key, name=name, role=role, actor="system:cli")
+    finally:
+        store.close()
+    typer.echo(json.dumps({"id": key.id, "role": key.role, "api_key": secret}))
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    from control_plane.services import auth
+
+    store = _store()
+    try:
+        for k in store.db.run(auth.list_api_keys):
+            typer.echo(f"{k.id}\t{k.role}\t{k.name}\t{'revoked' if k.revoked_at else 'active'}")
+    finally:
+        store.close()
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: str) -> None:
+    from control_plane.services import auth
+
+    store = _store()
+    try:
+        store.db.run(auth.revoke_api_key, key_id, actor="system:cli")
+    finally:
+        store.close()
+    typer.echo(f"revoked {key_id}")
+
+
+@device_app.command("create")
+def device_create(name: str, base_model: str = typer.Option(..., help="registered base model name"),
+                  label: list[str] = typer.Option([], help="key=value; `cohort=...` sets the cohort")) -> None:
+    """Register a device and print its one-time enrollment token."""
+    from control_plane.services import devices
+    from control_plane.settings import get_settings
+
+    labels = dict(item.split("=", 1) for item in label)
+    store = _store()
+    try:
+        d, token = store.db.run(devices.create_device, name=name, labels=labels, base_model=base_model,
+                                actor="system:cli", enrollment_ttl_s=get_settings().enrollment_ttl_s)
+    finally:
+        store.close()
+    typer.echo(json.dumps({"device_id": d.id, "enrollment_token": token}))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     long_poll_max_s: float = 30.0
     # How often the agent should poll its assignment when there is no long-poll, seconds.
     poll_interval_s: float = 30.0
+    # A device not heard from for this long counts as offline, seconds.
+    offline_after_s: float = 300.0
+    # Serve POST /api/v1/_noop (the ingest benchmark's baseline); off in production.
+    noop_endpoint: bool = False
+    # Run `db upgrade` when the app starts (the embedded default; keep off with several replicas).
+    auto_migrate: bool = False
     # How long a one-time enrollment token stays valid, seconds.
     enrollment_ttl_s: float = 7 * 24 * 3600.0
     # Telemetry records written in one group commit at most.

@@ -1,0 +1,74 @@
+"""Typed dependencies: the app context, the caller (device or operator), role checks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from control_plane import security
+from control_plane.api.context import AppContext
+from control_plane.errors import AuthenticationError, PermissionDeniedError
+from control_plane.services.auth import Principal
+
+bearer = HTTPBearer(auto_error=False, description="a device token (qd_...) or an operator API key (qk_...)")
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+
+
+async def current_principal(ctx: Ctx,
+                            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        raise AuthenticationError("missing credentials: send `Authorization: Bearer <device token or API key>`")
+    token = creds.credentials
+    if token.startswith(security.DEVICE_TOKEN_PREFIX):
+        kind = "device"
+    elif token.startswith(security.API_KEY_PREFIX):
+        kind = "operator"
+    else:
+        raise AuthenticationError("unknown token format: a device token starts with qd_, an API key with qk_")
+    p = await ctx.tokens.lookup(security.hash_secret(token), kind)
+    if p is None:
+        raise AuthenticationError(f"this {'device token' if kind == 'device' else 'API key'} is unknown or "
+                                  "revoked; re-enroll the device or ask an admin for a new key")
+    return p
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def current_device(ctx: Ctx, principal: CurrentPrincipal,
+                         device_id: Annotated[str, Path(max_length=40)]) -> Principal:
+    """The calling device, which must be the one in the path; counts toward its rate limit."""
+    if principal.kind != "device":
+        raise PermissionDeniedError("this endpoint is for devices: authenticate with the device's token")
+    if principal.id != device_id:
+        raise PermissionDeniedError(f"this token belongs to device {principal.id}; a device may only "
+                                    f"access its own resources, not those of {device_id}")
+    await ctx.bus.hit_rate_limit(principal.id)
+    return principal
+
+
+CurrentDevice = Annotated[Principal, Depends(current_device)]
+
+
+def require_role(role: str):  # type: ignore[no-untyped-def]
+    async def check(principal: CurrentPrincipal) -> Principal:
+        if principal.kind != "operator":
+            raise PermissionDeniedError("this endpoint is for operators: use an API key (qk_...)")
+        if not security.role_allows(principal.role, role):
+            raise PermissionDeniedError(f"this needs the {role} role; your key has {principal.role}")
+        return principal
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(require_role("viewer"))]
+Operator = Annotated[Principal, Depends(require_role("operator"))]
+Admin = Annotated[Principal, Depends(require_role("admin"))]

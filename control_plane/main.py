@@ -1,0 +1,104 @@
+"""The FastAPI app: `create_app()` builds it; uvicorn runs `control_plane.main:create_app --factory`.
+
+Importing this module loads no torch and no ray (a test checks it)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from control_plane.api import errors
+from control_plane.api.context import AppContext
+from control_plane.api.routes import (
+    apikeys,
+    artifacts,
+    assignment,
+    device_events,
+    devices,
+    enroll,
+    fleet,
+    health,
+    jobs,
+    noop,
+    policies,
+    rollouts,
+    sketches,
+    telemetry,
+    versions,
+)
+from control_plane.artifacts import ArtifactStore, LocalArtifactStore
+from control_plane.bus import AsyncBus
+from control_plane.keys import load_or_create_signing_key
+from control_plane.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from control_plane.services import auth
+from control_plane.services.ingest import TelemetryWriter
+from control_plane.services.uow import Database
+from control_plane.settings import Settings, get_settings
+from control_plane.token_cache import TokenCache
+
+logger = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """\
+QSAE Fleet control plane. **Devices** (bearer device token, `qd_...`) enroll, send telemetry and
+activation sketches, fetch their assignment (ETag, long-poll) and artifacts, and report events.
+**Operators** (bearer API key, `qk_...`, roles viewer < operator < admin) manage devices, jobs,
+versions, policies and rollouts. Errors are `{"detail": "..."}`.
+"""
+
+
+def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStore | None = None) -> FastAPI:
+    """Build the app. Settings default to `get_settings()` (the FLEET_* environment)."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            from control_plane.db.migrate import upgrade
+
+            upgrade(str(settings.database_url))
+        bus = AsyncBus(settings.redis_url, settings.redis_prefix, settings.rate_limit_per_minute)
+        await bus.start()
+        db = Database(str(settings.database_url), settings.db_pool_size, on_commit=bus.publish)
+        writer = TelemetryWriter(db.engine, max_batch_rows=settings.ingest_batch_max)
+        tokens = TokenCache(db, ttl_s=settings.token_cache_ttl_s, max_entries=settings.token_cache_size)
+        store = artifact_store or LocalArtifactStore(settings.artifact_dir)  # type: ignore[arg-type]
+        signer = load_or_create_signing_key(settings.signing_key_file)  # type: ignore[arg-type]
+        ctx = AppContext(settings=settings, db=db, bus=bus, writer=writer, tokens=tokens, store=store,
+                         signer=signer, metrics=metrics)
+        try:
+            await tokens.start()
+            if settings.bootstrap_admin_key:
+                await db.run(auth.ensure_api_key, secret=settings.bootstrap_admin_key, role="admin",
+                             name="bootstrap admin")
+            await writer.start()
+            app.state.ctx = ctx
+            logger.info("control plane ready (database %s, redis %s)", db.dialect,
+                        "on" if settings.redis_url else "off")
+            yield
+        finally:
+            await writer.stop()
+            await bus.close()
+            await db.dispose()
+
+    app = FastAPI(title="QSAE Fleet control plane", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  openapi_tags=[{"name": "device", "description": "called by edge agents"},
+                                {"name": "devices", "description": "operators: devices and actions"},
+                                {"name": "ops", "description": "health and metrics"}])
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (enroll, telemetry, sketches, assignment, artifacts, device_events, devices, fleet, jobs,
+                   versions, policies, rollouts, apikeys):
+        api.include_router(module.router)
+    if settings.noop_endpoint:
+        api.include_router(noop.router)
+    app.include_router(api)
+    app.include_router(health.router)
+    errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       max_sketch_bytes=settings.max_sketch_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
