@@ -1,0 +1,176 @@
+// Charts on the vendored uPlot (global `uPlot`, loaded by index.html): time series with optional
+// vertical markers (version changes), and a bar chart (per-unit importance). A chart object keeps
+// its uPlot instance across refreshes and only swaps the data, so live updates do not flicker.
+
+import { h, replace } from "./ui.js";
+
+export const COLORS = ["#2f6fb0", "#d9822b", "#3a9a5b", "#a23f8f", "#c23b3b", "#6b6b6b"];
+
+function widthOf(el) {
+  return Math.max(240, Math.floor(el.getBoundingClientRect().width || el.clientWidth || 600));
+}
+
+// Vertical dashed lines with a short label at each marker's x (epoch seconds).
+function markerPlugin(getMarkers) {
+  return {
+    hooks: {
+      draw: [(u) => {
+        const markers = getMarkers() || [];
+        if (!markers.length) return;
+        const { ctx } = u;
+        const { top, height, left, width } = u.bbox;
+        ctx.save();
+        ctx.strokeStyle = "#7a4cc2";
+        ctx.fillStyle = "#7a4cc2";
+        ctx.lineWidth = devicePixelRatio;
+        ctx.setLineDash([4 * devicePixelRatio, 3 * devicePixelRatio]);
+        ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+        for (const m of markers) {
+          const x = Math.round(u.valToPos(m.t, "x", true));
+          if (x < left || x > left + width) continue;
+          ctx.beginPath();
+          ctx.moveTo(x, top);
+          ctx.lineTo(x, top + height);
+          ctx.stroke();
+          if (m.label) ctx.fillText(m.label, x + 3 * devicePixelRatio, top + 12 * devicePixelRatio);
+        }
+        ctx.restore();
+      }],
+    },
+  };
+}
+
+// spec: {series: [{label, points: [[t, y], ...], color?, scale?}], markers?: [{t, label}],
+//        yLabel?, yFormat?(v) -> string, yRange?: [min, max], y2Label?, y2Format?}
+export class TimeChart {
+  constructor(container, { height = 220, testid } = {}) {
+    this.container = container;
+    this.height = height;
+    this.testid = testid;
+    this.u = null;
+    this.key = null;
+    this.markers = [];
+    this.observer = new ResizeObserver(() => {
+      if (this.u) this.u.setSize({ width: widthOf(this.container), height: this.height });
+    });
+    this.observer.observe(container);
+  }
+
+  update(spec) {
+    const series = spec.series.filter((s) => s.points && s.points.length);
+    this.markers = spec.markers || [];
+    if (!series.length) {
+      this.destroyPlot();
+      replace(this.container, h("div", { class: "chart-empty", "data-testid": this.testid }, spec.empty ||
+        "No data yet."));
+      return;
+    }
+    const tables = series.map((s) => [s.points.map((p) => p[0]), s.points.map((p) => p[1])]);
+    const data = tables.length === 1 ? tables[0] : uPlot.join(tables);
+    const key = JSON.stringify(series.map((s) => [s.label, s.scale || "y"]));
+    if (this.u && key === this.key) {
+      this.u.setData(data);
+      return;
+    }
+    this.destroyPlot();
+    this.key = key;
+    const hasY2 = series.some((s) => s.scale === "y2");
+    const fmt = spec.yFormat || ((v) => v);
+    const opts = {
+      width: widthOf(this.container),
+      height: this.height,
+      cursor: { drag: { x: true, y: false } },
+      scales: {
+        x: { time: true },
+        y: spec.yRange ? { range: spec.yRange } : { auto: true },
+        ...(hasY2 ? { y2: { auto: true } } : {}),
+      },
+      axes: [
+        {},
+        { label: spec.yLabel, values: (u, vals) => vals.map((v) => (v === null ? "" : fmt(v))), size: 60 },
+        ...(hasY2
+          ? [{ scale: "y2", side: 1, label: spec.y2Label, grid: { show: false }, size: 60,
+            values: (u, vals) => vals.map((v) => (v === null ? "" : (spec.y2Format || fmt)(v))) }]
+          : []),
+      ],
+      series: [
+        { value: (u, v) => (v === null ? "" : new Date(v * 1000).toISOString().slice(0, 19).replace("T", " ")) },
+        ...series.map((s, i) => ({
+          label: s.label,
+          scale: s.scale || "y",
+          stroke: s.color || COLORS[i % COLORS.length],
+          width: 2,
+          spanGaps: true,
+          points: { show: s.points.length < 60 },
+          value: (u, v) => (v === null || v === undefined ? "—" : (s.scale === "y2" ? spec.y2Format || fmt : fmt)(v)),
+        })),
+      ],
+      plugins: [markerPlugin(() => this.markers)],
+    };
+    replace(this.container);
+    this.u = new uPlot(opts, data, this.container);
+    if (this.testid) this.u.root.dataset.testid = this.testid;
+  }
+
+  destroyPlot() {
+    if (this.u) {
+      this.u.destroy();
+      this.u = null;
+      this.key = null;
+    }
+  }
+
+  destroy() {
+    this.observer.disconnect();
+    this.destroyPlot();
+  }
+}
+
+// values: number[] (one bar per unit index)
+export class BarChart {
+  constructor(container, { height = 200, testid, label = "importance" } = {}) {
+    this.container = container;
+    this.height = height;
+    this.testid = testid;
+    this.label = label;
+    this.u = null;
+    this.observer = new ResizeObserver(() => {
+      if (this.u) this.u.setSize({ width: widthOf(this.container), height: this.height });
+    });
+    this.observer.observe(container);
+  }
+
+  update(values, empty = "No data yet.") {
+    if (!values || !values.length) {
+      if (this.u) this.u.destroy();
+      this.u = null;
+      replace(this.container, h("div", { class: "chart-empty", "data-testid": this.testid }, empty));
+      return;
+    }
+    const data = [values.map((_, i) => i), values];
+    if (this.u && this.u.data[0].length === values.length) {
+      this.u.setData(data);
+      return;
+    }
+    if (this.u) this.u.destroy();
+    replace(this.container);
+    this.u = new uPlot({
+      width: widthOf(this.container),
+      height: this.height,
+      scales: { x: { time: false, range: (u, min, max) => [min - 0.5, max + 0.5] }, y: { range: (u, min, max) => [0, max * 1.05 || 1] } },
+      axes: [{ label: "unit" }, { size: 60 }],
+      legend: { show: true },
+      series: [
+        { label: "unit" },
+        { label: this.label, fill: "#2f6fb0aa", stroke: "#2f6fb0", paths: uPlot.paths.bars({ size: [0.85, 40] }),
+          points: { show: false } },
+      ],
+    }, data, this.container);
+    if (this.testid) this.u.root.dataset.testid = this.testid;
+  }
+
+  destroy() {
+    this.observer.disconnect();
+    if (this.u) this.u.destroy();
+  }
+}
