@@ -23,10 +23,12 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+    MLFLOW_BACKEND_STORE_URI=sqlite:////var/lib/mlflow/mlflow.db
 USER 10001:10001
 WORKDIR /var/lib/mlflow
 EXPOSE 5000
+# The backend store comes from MLFLOW_BACKEND_STORE_URI (a secret in compose and the chart: kept
+# off the command line).
 CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--workers", "1", \
-     "--backend-store-uri", "sqlite:////var/lib/mlflow/mlflow.db", \
-     "--artifacts-destination", "/var/lib/mlflow/artifacts"]
+     "--artifacts-destination", "/var/lib/mlflow/artifacts", "--serve-artifacts"]

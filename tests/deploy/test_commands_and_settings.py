@@ -137,7 +137,8 @@ def test_mlflow_and_ray_command_lines_fit_the_pinned_versions(rendered_full: Ren
 
 def test_chart_runs_only_commands_checked_here(rendered: Rendered) -> None:
     invocations = [inv for inv in chart_invocations(rendered.docs) if inv.argv and inv.argv[0] in CLIS]
-    assert {_command_name(inv.argv) for inv in invocations} <= set(DEPLOYED)
+    ours = {_command_name(inv.argv) for inv in invocations if inv.argv[0].startswith("qsae-")}
+    assert ours and ours <= set(DEPLOYED)
     pending = set(PENDING)
     problems = [p for inv in invocations if _command_name(inv.argv) not in pending for p in _problems(inv)]
     assert problems == []

@@ -95,7 +95,8 @@ def test_ray_workers_scale_and_nothing_internal_is_published(compose: dict) -> N
 
 def test_mlflow_uses_postgres_and_an_artifact_volume(compose: dict) -> None:
     cmd = compose["services"]["mlflow"]["command"]
-    store = cmd[cmd.index("--backend-store-uri") + 1]
+    assert "--backend-store-uri" not in cmd, "the store URI holds the password: environment only"
+    store = compose["services"]["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
     assert store.startswith("postgresql+psycopg://") and store.endswith("@postgres:5432/mlflow")
     dest = cmd[cmd.index("--artifacts-destination") + 1]
     mounts = [m if isinstance(m, dict) else dict(zip(("source", "target"), str(m).split(":")[:2], strict=True))
@@ -105,8 +106,18 @@ def test_mlflow_uses_postgres_and_an_artifact_volume(compose: dict) -> None:
     assert "CREATE DATABASE mlflow" in "".join(p.read_text() for p in init.glob("*.sql"))
 
 
-def test_the_simulated_fleet_scenario_loads() -> None:
-    from qsae_shared.distributions import profiles_from_scenario
+def test_only_the_migrate_service_migrates(compose: dict) -> None:
+    assert compose["services"]["migrate"]["command"] == ["qsae-fleet", "db", "upgrade"]
+    assert compose["services"]["control-plane"]["command"] == ["qsae-fleet", "serve", "--no-migrate"]
 
-    profiles = profiles_from_scenario(yaml.safe_load((ROOT / "docker" / "scenarios" / "drift.yaml").read_text()))
-    assert len(profiles) == int(_env_example()["QSAE_SIM_DEVICES"])
+
+@pytest.mark.xfail(not (ROOT / "edge_agent" / "simulator.py").exists(),
+                   reason="the fleet simulator (edge_agent/simulator.py) is not in this tree yet", strict=False)
+def test_the_simulated_fleet_scenario_loads(compose: dict) -> None:
+    from edge_agent.simulator import expand_profiles, load_scenario
+
+    cmd = compose["services"]["agent-sim"]["command"]
+    doc = load_scenario(cmd[cmd.index("--scenario") + 1])
+    profiles = expand_profiles(doc, int(_env_example()["QSAE_SIM_DEVICES"]))
+    assert len({p.device_id for p in profiles}) == int(_env_example()["QSAE_SIM_DEVICES"])
+    assert cmd[cmd.index("--devices") + 1] == "8"

@@ -134,7 +134,7 @@ def test_every_workload_runs_as_non_root_with_resource_requests(rendered: Render
 def test_control_plane_has_health_probes_on_its_port(rendered: Rendered) -> None:
     (cp,) = [p for p in pods(rendered.docs) if p.owner.endswith("-control-plane")]
     c = cp.spec["containers"][0]
-    assert c["command"] + c["args"] == ["qsae-fleet", "serve"]
+    assert c["command"] + c["args"] == ["qsae-fleet", "serve", "--no-migrate"]
     assert c["ports"][0]["containerPort"] == 8000
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
