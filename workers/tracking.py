@@ -29,6 +29,11 @@ class RunRecord:
     candidates: list[RunRecord] = field(default_factory=list)  # nested runs
 
 
+def mlflow_key(name: str) -> str:
+    """A metric or param name MLflow accepts (alphanumerics, `_-. :/`)."""
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
 def alias_for_device(device_id: str) -> str:
     """A valid MLflow alias naming one device (letters, digits, '_' and '-')."""
     return "device-" + re.sub(r"[^\w-]", "_", device_id)
@@ -59,9 +64,9 @@ class Tracker:
         run_id = run.info.run_id
         try:
             for key, value in record.params.items():
-                self.client.log_param(run_id, key, value)
+                self.client.log_param(run_id, mlflow_key(key), value)
             for key, value in record.metrics.items():
-                self.client.log_metric(run_id, key, float(value))
+                self.client.log_metric(run_id, mlflow_key(key), float(value))
             if record.artifacts:
                 with tempfile.TemporaryDirectory() as tmp:
                     for name, data in record.artifacts.items():
