@@ -257,8 +257,8 @@ def read_status(settings: AgentSettings) -> dict[str, Any]:
 
     state = settings.state_dir
     creds = load_credentials(state)
-    store = ModelStore(state)
-    outbox = Outbox(state / "outbox", settings.outbox_max_records, settings.outbox_max_bytes)
+    store = ModelStore(state, readonly=True)
+    outbox = Outbox(state / "outbox", settings.outbox_max_records, settings.outbox_max_bytes, readonly=True)
     kinds: dict[str, int] = {}
     for r in outbox.pending():
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
@@ -275,3 +275,27 @@ def read_status(settings: AgentSettings) -> dict[str, Any]:
                    "dropped": outbox.dropped},
         "rejected_records": {"total": rejections.total, "recent": rejections.recent[-5:]},
     }
+
+
+class BackgroundAgent:
+    """Embed the agent in an application: the loop runs in a thread, the application calls
+    `predict` / `feedback` on the returned agent.
+
+        with BackgroundAgent(Agent(load_settings())) as agent:
+            out = agent.predict(images)
+    """
+
+    def __init__(self, agent: Agent, tick_s: float = 1.0) -> None:
+        self.agent = agent
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=agent.run, args=(self.stop, tick_s), daemon=True,
+                                        name=f"qsae-agent-{agent.device_id}")
+
+    def __enter__(self) -> Agent:
+        self._thread.start()
+        return self.agent
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join()
+        self.agent.close()

@@ -35,18 +35,21 @@ class OutboxRecord:
 
 
 class Outbox:
-    def __init__(self, root: Path, max_records: int = 10_000, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, root: Path, max_records: int = 10_000, max_bytes: int = 256 * 2**20,
+                 readonly: bool = False) -> None:
         self.root = Path(root)
         self.max_records = max_records  # bound on the number of records held
         self.max_bytes = max_bytes  # bound on their total size
         self._lock = threading.Lock()
-        self.root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.root)
+        if not readonly:  # a reader (`qsae-agent status`) must not race the daemon's writes
+            self.root.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.root)
         self._records: list[OutboxRecord] = []
-        for p in self.root.iterdir():
+        for p in self.root.iterdir() if self.root.is_dir() else ():
             order, _, kind = p.name.partition(".")
             if order.isdigit() and kind in KINDS:
-                self._records.append(OutboxRecord(int(order), kind, p.stat().st_size, p))
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile (readonly use)
+                    self._records.append(OutboxRecord(int(order), kind, p.stat().st_size, p))
         self._records.sort(key=lambda r: r.order)
         self._next = self._records[-1].order + 1 if self._records else 0
         self._dropped = int((read_json(self.root / _DROPPED_FILE, {}) or {}).get("dropped", 0))

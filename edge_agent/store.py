@@ -50,11 +50,13 @@ class Blocked:
 
 
 class ModelStore:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, readonly: bool = False) -> None:
         self.root = state_dir / "models"
-        self.root.mkdir(parents=True, exist_ok=True)
         self.pointer_path = state_dir / POINTER
         self.blocked_path = state_dir / BLOCKED
+        if readonly:  # e.g. `qsae-agent status` while the daemon runs: touch nothing
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
         for stale in self.root.glob(".staging-*"):  # a download a crash interrupted
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -126,4 +128,6 @@ class ModelStore:
                 logger.info("model_version=%s removed from disk", d.name)
 
     def installed(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         return sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))

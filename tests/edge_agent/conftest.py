@@ -44,3 +44,15 @@ def kit(tmp_path_factory) -> ModelKit:
     models.write_files(good, good_bytes, folder / good.version_id)
     models.write_files(bad, bad_bytes, folder / bad.version_id)
     return ModelKit(key, good, good_bytes, bad, bad_bytes, folder)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A control plane on 127.0.0.1 shared by a test module."""
+    pytest.importorskip("control_plane.main", reason="the control plane is not in this tree yet")
+    from tests.edge_agent.live import LiveControlPlane
+
+    server = LiveControlPlane(tmp_path_factory.mktemp("control-plane"))
+    server.start()
+    yield server
+    server.close()
