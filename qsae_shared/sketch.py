@@ -375,3 +375,20 @@ def histogram_drift(reference: np.ndarray, current: np.ndarray) -> float:
     m = (p + q) / 2
     js = 0.5 * (p * np.log2(p / m)).sum(-1) + 0.5 * (q * np.log2(q / m)).sum(-1)
     return float(np.clip(js, 0.0, 1.0).mean())
+
+
+def select_recent(sketches: list[Sketch], calibration_size: int, drift_threshold: float) -> list[Sketch]:
+    """Newest first, the uploads that look like the newest one (histogram drift under the
+    threshold), until they hold `calibration_size` samples: a retrain calibrates on the device's
+    current data, not on a mix of what it saw before and after a drift."""
+    ordered = sorted(sketches, key=lambda s: (s.window_end, s.seq), reverse=True)
+    chosen: list[Sketch] = []
+    samples = 0
+    for s in ordered:
+        if chosen and histogram_drift(ordered[0].hist_counts, s.hist_counts) > drift_threshold:
+            break
+        chosen.append(s)
+        samples += s.num_samples
+        if samples >= calibration_size:
+            break
+    return chosen

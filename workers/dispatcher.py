@@ -23,7 +23,7 @@ from typing import Any
 from control_plane.schemas import JobPublic, PolicyPublic
 from control_plane.services import FleetStore
 from qsae_shared.manifest import Manifest
-from qsae_shared.sketch import Sketch, histogram_drift, merge_sketches, parse_sketch
+from qsae_shared.sketch import merge_sketches, parse_sketch, select_recent
 from workers.tracking import RunRecord, Tracker, alias_for_device
 
 logger = logging.getLogger(__name__)
@@ -38,25 +38,6 @@ class DispatcherConfig:
     heartbeat_s: float = 10.0  # how often running jobs renew their lease and report progress
     sketch_window: int = 40  # newest uploads considered for one retrain
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-
-
-def select_sketches(sketches: list[Sketch], calibration_size: int, drift_threshold: float) -> list[Sketch]:
-    """Newest first, the uploads that look like the newest one (drift under the threshold), until
-    they hold `calibration_size` samples: a retrain calibrates on the device's current data, not on
-    a mix of phases before and after a drift."""
-    if not sketches:
-        return []
-    ordered = sorted(sketches, key=lambda s: (s.window_end, s.seq), reverse=True)
-    newest = ordered[0]
-    chosen, samples = [], 0
-    for s in ordered:
-        if s is not newest and histogram_drift(newest.hist_counts, s.hist_counts) > drift_threshold:
-            break
-        chosen.append(s)
-        samples += s.num_samples
-        if samples >= calibration_size:
-            break
-    return chosen
 
 
 def worker_policy(p: PolicyPublic) -> dict[str, Any]:
@@ -226,7 +207,7 @@ class Dispatcher:
             self.store.fail_job(job.id, "the device has uploaded no sketches yet", retry=False)
             return
         parsed = [parse_sketch(r.data) for r in records]
-        chosen = select_sketches(parsed, settings.calibration_size, policy.drift_threshold)
+        chosen = select_recent(parsed, settings.calibration_size, policy.drift_threshold)
         blobs = [r.data for r, s in zip(records, parsed, strict=True) if any(s is c for c in chosen)]
         fallbacks = {}
         if device.deployed_version:

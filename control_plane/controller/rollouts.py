@@ -1,51 +1,35 @@
-"""Rollout stages as a small state machine over plain data.
+"""What the controller does with an active rollout, decided from its devices' outcomes.
 
-A rollout takes a version to a cohort: first to a canary share of its devices; when enough canaries
-have applied it without regressing, to everyone; when too many regress (or are rolled back by their
-agent), it aborts and every device that got it goes back to its previous version.
+A rollout moves a version through increasing shares of a cohort (its stages). At each stage the
+controller waits until the devices moved so far have reported: when enough are healthy and none
+failed it advances (the last stage completes it); when too many failed (the agent rejected or rolled
+back the version, or accuracy fell past the threshold) it aborts, and every device goes back.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import StrEnum
 
 
-class Stage(StrEnum):
-    CANARY = "canary"
-    FULL = "full"
-    DONE = "done"
-    PAUSED = "paused"
-    ABORTED = "aborted"
-
-
-@dataclass(frozen=True)
-class RolloutThresholds:
-    canary_share: float = 0.2  # share of the cohort that gets the version first
-    success_min: int = 1  # healthy canaries needed to advance
-    max_failures: int = 1  # regressed or rolled-back devices that abort the rollout
+class Action(StrEnum):
+    WAIT = "wait"
+    ADVANCE = "advance"
+    ABORT = "abort"
 
 
 @dataclass(frozen=True)
 class Outcomes:
-    targeted: int  # devices currently assigned the version
-    healthy: int  # applied, and accuracy within the floor for the judging window
-    failed: int  # rejected, rolled back by the agent, or regressed
+    assigned: int  # devices the rollout has moved so far
+    healthy: int  # applied the version and kept accuracy within the threshold
+    failed: int  # rejected it, rolled it back, or regressed past the threshold
 
 
-def canary_count(cohort_size: int, t: RolloutThresholds) -> int:
-    return max(1, math.ceil(cohort_size * t.canary_share)) if cohort_size else 0
-
-
-def next_stage(stage: Stage, outcomes: Outcomes, cohort_size: int, t: RolloutThresholds) -> Stage:
-    """Where a rollout goes from `stage` given what its devices reported."""
-    if stage in (Stage.DONE, Stage.ABORTED, Stage.PAUSED):
-        return stage
-    if outcomes.failed >= t.max_failures:
-        return Stage.ABORTED
-    if stage is Stage.CANARY and outcomes.healthy >= min(t.success_min, canary_count(cohort_size, t)):
-        return Stage.FULL
-    if stage is Stage.FULL and outcomes.healthy >= cohort_size:
-        return Stage.DONE
-    return stage
+def rollout_action(o: Outcomes, thresholds: dict[str, float]) -> Action:
+    max_failures = int(thresholds.get("max_failures", 1))
+    min_reporting = int(thresholds.get("min_devices_reporting", 1))
+    if o.failed >= max_failures:
+        return Action.ABORT
+    if o.assigned and o.healthy >= min(o.assigned, max(min_reporting, 1)) and o.healthy + o.failed >= o.assigned:
+        return Action.ADVANCE
+    return Action.WAIT

@@ -1,6 +1,6 @@
 import numpy as np
 
-from control_plane.controller.rollouts import Outcomes, RolloutThresholds, Stage, canary_count, next_stage
+from control_plane.controller.rollouts import Action, Outcomes, rollout_action
 from control_plane.controller.triggers import (
     AccuracyWindow,
     DeviceState,
@@ -68,17 +68,13 @@ def test_idempotency_key_names_device_window_and_base():
     assert idempotency_key("d1", 7, "3") == idempotency_key("d1", 7, "3") != idempotency_key("d1", 8, "3")
 
 
-T = RolloutThresholds(canary_share=0.25, success_min=2, max_failures=1)
+def test_rollout_advances_when_every_moved_device_is_healthy():
+    t = {"max_failures": 1, "min_devices_reporting": 2}
+    assert rollout_action(Outcomes(assigned=2, healthy=1, failed=0), t) is Action.WAIT
+    assert rollout_action(Outcomes(assigned=2, healthy=2, failed=0), t) is Action.ADVANCE
+    assert rollout_action(Outcomes(assigned=0, healthy=0, failed=0), t) is Action.WAIT
 
 
-def test_canary_advances_to_full_then_done():
-    assert canary_count(8, T) == 2
-    assert next_stage(Stage.CANARY, Outcomes(targeted=2, healthy=1, failed=0), 8, T) is Stage.CANARY
-    assert next_stage(Stage.CANARY, Outcomes(targeted=2, healthy=2, failed=0), 8, T) is Stage.FULL
-    assert next_stage(Stage.FULL, Outcomes(targeted=8, healthy=7, failed=0), 8, T) is Stage.FULL
-    assert next_stage(Stage.FULL, Outcomes(targeted=8, healthy=8, failed=0), 8, T) is Stage.DONE
-
-
-def test_a_regressing_canary_aborts_and_paused_rollouts_stay_put():
-    assert next_stage(Stage.CANARY, Outcomes(targeted=2, healthy=1, failed=1), 8, T) is Stage.ABORTED
-    assert next_stage(Stage.PAUSED, Outcomes(targeted=2, healthy=2, failed=0), 8, T) is Stage.PAUSED
+def test_a_regressing_canary_aborts_the_rollout():
+    assert rollout_action(Outcomes(assigned=2, healthy=1, failed=1), {"max_failures": 1}) is Action.ABORT
+    assert rollout_action(Outcomes(assigned=4, healthy=2, failed=1), {"max_failures": 2}) is Action.WAIT

@@ -17,9 +17,9 @@ from control_plane.settings import Settings
 from qsae_shared.data import preprocess
 from qsae_shared.distributions import DeviceProfile, Phase
 from qsae_shared.manifest import Manifest
-from qsae_shared.sketch import SketchBuilder, parse_sketch
+from qsae_shared.sketch import SketchBuilder, parse_sketch, select_recent
 from workers import profile
-from workers.dispatcher import Dispatcher, DispatcherConfig, init_ray, select_sketches
+from workers.dispatcher import Dispatcher, DispatcherConfig, init_ray
 from workers.tracking import Tracker, alias_for_device
 from workers.training import TrainConfig, train
 
@@ -68,9 +68,9 @@ def test_select_sketches_stops_at_a_drift_and_at_the_calibration_size(tiny_check
     new = [parse_sketch(b) for b in device_sketches(tiny_checkpoint, "d", 3, classes=(5, 7, 9))]
     for i, s in enumerate(old + new):
         s.window_end, s.seq = float(i), i
-    chosen = select_sketches(old + new, calibration_size=10_000, drift_threshold=0.02)
+    chosen = select_recent(old + new, calibration_size=10_000, drift_threshold=0.02)
     assert sorted(s.seq for s in chosen) == [3, 4, 5]
-    assert len(select_sketches(old + new, calibration_size=1, drift_threshold=0.02)) == 1
+    assert len(select_recent(old + new, calibration_size=1, drift_threshold=0.02)) == 1
 
 
 def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny_checkpoint, ray_local):

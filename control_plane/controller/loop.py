@@ -1,0 +1,224 @@
+"""The controller process: every tick, per device, read telemetry and sketches, decide, enqueue;
+per active rollout, judge its devices and advance or abort.
+
+    qsae-fleet controller        # or run_controller(stop) in a thread (the demo)
+
+With Redis configured only the holder of a lock runs (several replicas may start it); without
+Redis it assumes it is alone (the embedded default).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from control_plane.controller.rollouts import Action, Outcomes, rollout_action
+from control_plane.controller.triggers import (
+    AccuracyWindow,
+    DeviceState,
+    TriggerPolicy,
+    decide,
+    idempotency_key,
+)
+from control_plane.schemas import DevicePublic, PolicyPublic, RolloutPublic, TelemetryPublic
+from control_plane.services import FleetStore
+from control_plane.services import events as event_service
+from qsae_shared.sketch import parse_sketch, select_recent
+
+logger = logging.getLogger(__name__)
+
+LOCK_KEY = "controller:lock"
+FAILED_KINDS = ("rejected", "rolled_back", "failed")
+
+
+@dataclass
+class ControllerConfig:
+    tick_s: float = 5.0  # seconds between passes over the fleet
+    min_inferences: int = 200  # telemetry needed in a window before accuracy is judged
+    min_fresh_samples: int = 160  # sketch samples of the current data needed before a retrain
+    debounce_s: float = 20.0  # no new job sooner than this after the last one
+    lock_ttl_s: float = 30.0  # Redis leader lock lifetime, renewed every tick
+
+
+def trigger_policy(p: PolicyPublic, cfg: ControllerConfig) -> TriggerPolicy:
+    return TriggerPolicy(labelled_drop_pp=p.accuracy_drop_pp, estimated_drop_pp=p.accuracy_drop_pp,
+                         drift_threshold=p.drift_threshold, interval_s=p.interval_s,
+                         debounce_s=float(p.extra.get("debounce_s", cfg.debounce_s)),
+                         min_labelled=int(p.extra.get("min_labelled", 100)),
+                         min_inferences=cfg.min_inferences)
+
+
+def window(records: list[TelemetryPublic]) -> AccuracyWindow:
+    return AccuracyWindow(
+        inferences=sum(r.inference_count for r in records),
+        labelled=sum(r.labelled_count for r in records),
+        correct=sum(r.labelled_correct for r in records),
+        estimated_sum=sum((r.estimated_accuracy or 0.0) * r.inference_count for r in records
+                          if r.estimated_accuracy is not None))
+
+
+def split_windows(records: list[TelemetryPublic], version: str | None, since: float | None,
+                  min_inferences: int) -> tuple[AccuracyWindow, AccuracyWindow]:
+    """(baseline, recent): the first and the last `min_inferences` of telemetry from `version`
+    after `since`, in stream order."""
+    mine = sorted((r for r in records if r.deployed_version == version and (since is None or r.window_end >= since)),
+                  key=lambda r: r.seq)
+    baseline, recent = [], []
+    for r in mine:
+        if sum(x.inference_count for x in baseline) >= min_inferences:
+            break
+        baseline.append(r)
+    for r in reversed(mine):
+        if sum(x.inference_count for x in recent) >= min_inferences:
+            break
+        recent.append(r)
+    return window(baseline), window(recent)
+
+
+class Controller:
+    def __init__(self, store: FleetStore, config: ControllerConfig | None = None) -> None:
+        self.store = store
+        self.config = config or ControllerConfig()
+
+    def run(self, stop: threading.Event) -> None:
+        logger.info("controller: one pass every %.0f s", self.config.tick_s)
+        while not stop.is_set():
+            if self._is_leader():
+                try:
+                    self.tick()
+                except Exception:  # a bad pass is logged; the next one starts clean
+                    logger.exception("controller pass failed")
+            stop.wait(self.config.tick_s)
+
+    def _is_leader(self) -> bool:
+        client = self.store.bus.redis
+        if client is None:
+            return True
+        key = f"{self.store.settings.redis_prefix}{LOCK_KEY}"
+        me = f"{id(self)}"
+        ttl = int(self.config.lock_ttl_s * 1000)
+        if client.set(key, me, nx=True, px=ttl):
+            return True
+        if client.get(key) in (me, me.encode()):
+            client.pexpire(key, ttl)
+            return True
+        return False
+
+    def tick(self, now: float | None = None) -> list[tuple[str, list[str]]]:
+        """One pass: returns the (device, reasons) of the jobs it enqueued."""
+        now = time.time() if now is None else now
+        enqueued = []
+        for device in self.store.list_devices():
+            if device.revoked_at is not None or device.enrolled_at is None or device.pinned:
+                continue
+            reasons = self.check_device(device, now)
+            if reasons:
+                enqueued.append((device.id, reasons))
+        for rollout in self.store.list_rollouts(state="active"):
+            self.check_rollout(rollout)
+        return enqueued
+
+    # --- devices -----------------------------------------------------------------------------
+    def check_device(self, device: DevicePublic, now: float) -> list[str]:
+        policy = self.store.policy_for(device.cohort)
+        tp = trigger_policy(policy, self.config)
+        jobs = self.store.list_jobs(device_id=device.id, limit=1)
+        last_job = jobs[0] if jobs else None
+        active = last_job is not None and last_job.status in ("queued", "running")
+        records = self.store.device_sketch_records(device.id, device.base_model, limit=20)
+        sketches = [parse_sketch(r.data) for r in records]
+        fresh = select_recent(sketches, 10**9, tp.drift_threshold)
+        fresh_samples = sum(s.num_samples for s in fresh)
+        newest = max(sketches, key=lambda s: (s.window_end, s.seq)) if sketches else None
+
+        reference, deployed_at, base_version = None, None, ""
+        if device.deployed_version:
+            manifest = self.store.version_manifest(device.deployed_version)
+            base_version = manifest.base_version
+            if manifest.device_id is not None:  # a pruned version built for this device
+                deployed_at = self._applied_at(device)
+                ref = manifest.extra.get("reference_hist")
+                reference = None if ref is None else np.asarray(ref, dtype=np.float64)
+        telemetry = self.store.recent_telemetry(device.id, limit=500)
+        baseline, recent = split_windows(telemetry, device.deployed_version, deployed_at,
+                                         self.config.min_inferences)
+        latest_hist = newest.hist_counts if newest is not None else None
+        if reference is not None and latest_hist is not None and reference.shape != latest_hist.shape:
+            reference = None
+        state = DeviceState(
+            device_id=device.id, now=now, has_active_job=active,
+            last_job_at=last_job.created_at.timestamp() if last_job else None,
+            deployed_at=deployed_at if deployed_at is not None or not device.deployed_version else None,
+            baseline=baseline, recent=recent, reference_hist=reference, latest_hist=latest_hist,
+            has_sketches=fresh_samples >= self.config.min_fresh_samples)
+        decision = decide(state, tp)
+        if decision.drift is not None:
+            self.store.record_drift(device.id, decision.drift)
+        if not decision.enqueue:
+            if decision.reasons and decision.blocked:
+                logger.debug("device %s: %s (%s)", device.id, "; ".join(decision.reasons), decision.blocked,
+                             extra={"device_id": device.id})
+            return []
+        if not device.deployed_version:
+            return []  # nothing runs yet: the base version comes first
+        key = idempotency_key(device.id, newest.seq if newest else None, base_version)
+        job, created = self.store.enqueue_job(device.id, "retrain", key, "; ".join(decision.reasons))
+        if created:
+            logger.info("device %s: retrain job %s enqueued: %s", device.id, job.id, job.trigger_reason,
+                        extra={"device_id": device.id, "job_id": job.id})
+            return decision.reasons
+        return []
+
+    def _applied_at(self, device: DevicePublic) -> float | None:
+        events = self.store.db.run(event_service.list_events, device.id, 200)
+        for e in events:  # newest first
+            if e.kind == "applied" and e.version_id == device.deployed_version:
+                return float(e.at)
+        return None
+
+    # --- rollouts ----------------------------------------------------------------------------
+    def check_rollout(self, rollout: RolloutPublic) -> Action:
+        drop_pp = float(rollout.thresholds.get("max_accuracy_drop_pp", 2.0))
+        healthy = failed = 0
+        device_ids = self.store.rollout_device_ids(rollout.id)
+        since = rollout.created_at.timestamp()
+        for device_id in device_ids:
+            events = [e for e in self.store.db.run(event_service.list_events, device_id, 200)
+                      if e.version_id == rollout.version_id and e.at >= since - 5]
+            if any(e.kind in FAILED_KINDS for e in events):
+                failed += 1
+                continue
+            if not any(e.kind == "applied" for e in events):
+                continue
+            telemetry = self.store.recent_telemetry(device_id, limit=500)
+            before = [r for r in telemetry if r.deployed_version != rollout.version_id]
+            after = [r for r in telemetry if r.deployed_version == rollout.version_id]
+            w_after = window(after[: 1000])
+            if w_after.inferences < self.config.min_inferences:
+                continue
+            acc_after = w_after.labelled_accuracy or w_after.estimated_accuracy
+            w_before = window(before)
+            acc_before = w_before.labelled_accuracy or w_before.estimated_accuracy
+            if acc_after is not None and acc_before is not None and (acc_before - acc_after) * 100 > drop_pp:
+                failed += 1
+            else:
+                healthy += 1
+        action = rollout_action(Outcomes(len(device_ids), healthy, failed), rollout.thresholds)
+        if action is Action.ABORT:
+            self.store.abort_rollout(rollout.id, reason=f"{failed} device(s) regressed or rolled back")
+        elif action is Action.ADVANCE:
+            self.store.advance_rollout(rollout.id, reason=f"{healthy} device(s) healthy")
+        return action
+
+
+def run_controller(stop: threading.Event | None = None, config: ControllerConfig | None = None) -> None:
+    """`qsae-fleet controller`."""
+    store = FleetStore.from_settings()
+    try:
+        Controller(store, config).run(stop or threading.Event())
+    finally:
+        store.close()
