@@ -59,6 +59,7 @@ class SimulationConfig:
     wait_for_model_s: float = 120.0  # real seconds to wait for every agent's first model
     split: str = "test"  # data split the streams draw from
     pending_labels: int = 20_000  # predictions each agent remembers for late labels
+    real_seconds_per_round: float = 0.0  # real-time pace of rounds (0: flat out); retrain lag then counts
 
     @classmethod
     def from_scenario(cls, doc: dict[str, Any], **overrides: Any) -> SimulationConfig:
@@ -128,6 +129,7 @@ class DeviceResult:
     windows: list[EstimateWindow] = field(default_factory=list)
     phase_true: dict[int, list[int]] = field(default_factory=dict)  # phase -> [correct, n]
     phase_est: dict[int, float] = field(default_factory=dict)  # phase -> sum of expected correctness
+    phase_versions: dict[int, dict[str, int]] = field(default_factory=dict)  # phase -> version -> inferences
     outbox_left: int = 0
     outbox_dropped: int = 0
 
@@ -179,6 +181,8 @@ class SimDevice:
             pt[0] += int(hits[m].sum())
             pt[1] += int(m.sum())
             r.phase_est[int(ph)] = r.phase_est.get(int(ph), 0.0) + float(est[m].sum())
+            served = r.phase_versions.setdefault(int(ph), {})
+            served[version] = served.get(version, 0) + int(m.sum())
         ph0 = int(phases[-1])
         if self._win and (self._win[0] != ph0 or self._win[1] != version):
             self._close_window()
@@ -335,9 +339,12 @@ def _run(sims: list[SimDevice], cfg: SimulationConfig, rounds: int, clock: SimCl
             clock.now = max(clock.now, time.time())
             list(pool.map(lambda s: s.agent.tick(clock.now), sims))
             stop.wait(0.5)
+        paced_from = time.monotonic()
         for r in range(rounds):
             if stop.is_set():
                 break
+            if cfg.real_seconds_per_round > 0:
+                stop.wait(max(0.0, paced_from + r * cfg.real_seconds_per_round - time.monotonic()))
             list(pool.map(SimDevice.step, sims))
             clock.now += cfg.seconds_per_batch
             if progress:
