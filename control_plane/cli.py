@@ -42,6 +42,24 @@ def demo(quick: bool = typer.Option(False, help="a smaller, faster run")) -> Non
 
 
 @app.command()
+def simulate(devices: int = typer.Option(None, help="agents to run (default: the scenario's)"),
+             scenario: str = typer.Option(..., help="scenario YAML (see edge_agent/scenarios/)"),
+             server: str = typer.Option("http://127.0.0.1:8000", help="control plane base URL"),
+             operator_key: str = typer.Option(None, envvar="FLEET_BOOTSTRAP_ADMIN_KEY",
+                                              help="operator API key used to create the devices"),
+             state_dir: str = typer.Option(".fleet/sim", help="agents' state folders"),
+             rounds: int = typer.Option(None, help="batches per device (default: the whole scenario)")) -> None:
+    """Run N simulated edge agents against a control plane and print what happened (JSON)."""
+    from edge_agent.simulator import report_json
+    from edge_agent.simulator import simulate as run_simulation
+
+    _setup_logging()
+    report = run_simulation(server, scenario, devices=devices, operator_key=operator_key, state_dir=state_dir,
+                            rounds=rounds)
+    typer.echo(report_json(report))
+
+
+@app.command()
 def serve(host: str = typer.Option(None, help="default FLEET_HOST (127.0.0.1)"),
           port: int = typer.Option(None, help="default FLEET_PORT (8000)"),
           workers: int = typer.Option(None, help="uvicorn worker processes (default FLEET_WORKERS)"),

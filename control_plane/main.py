@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from control_plane.api import errors
 from control_plane.api.context import AppContext
@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
         bus = AsyncBus(settings.redis_url, settings.redis_prefix, settings.rate_limit_per_minute)
         await bus.start()
         db = Database(str(settings.database_url), settings.db_pool_size, on_commit=bus.publish)
-        writer = TelemetryWriter(db.engine, max_batch_rows=settings.ingest_batch_max)
+        writer = TelemetryWriter(db.engine, max_batch_rows=settings.ingest_batch_max,
+                                 touch_interval_s=settings.touch_interval_s)
         tokens = TokenCache(db, ttl_s=settings.token_cache_ttl_s, max_entries=settings.token_cache_size)
         store = artifact_store or LocalArtifactStore(settings.artifact_dir)  # type: ignore[arg-type]
         signer = load_or_create_signing_key(settings.signing_key_file)  # type: ignore[arg-type]
@@ -89,13 +90,11 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
                   openapi_tags=[{"name": "device", "description": "called by edge agents"},
                                 {"name": "devices", "description": "operators: devices and actions"},
                                 {"name": "ops", "description": "health and metrics"}])
-    api = APIRouter(prefix=API_PREFIX)
-    for module in (enroll, telemetry, sketches, assignment, artifacts, device_events, devices, fleet, jobs,
+    # Routes are matched in order: the hot device routes first.
+    hot = (telemetry, noop) if settings.noop_endpoint else (telemetry,)
+    for module in (*hot, assignment, sketches, device_events, artifacts, enroll, devices, fleet, jobs,
                    versions, policies, rollouts, apikeys):
-        api.include_router(module.router)
-    if settings.noop_endpoint:
-        api.include_router(noop.router)
-    app.include_router(api)
+        app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,

@@ -98,6 +98,9 @@ class BodyLimitMiddleware:
                 if declared > cap or declared < 0:
                     await _too_large(send, cap, declared)
                     return
+                # The HTTP server delivers exactly Content-Length bytes: nothing left to count.
+                await self.app(scope, receive, send)
+                return
         seen = 0
 
         async def counting_receive() -> Message:

@@ -149,7 +149,7 @@ class DeviceEventIn(Strict):
     uuid: str = Field(min_length=1, max_length=64, examples=["a0c5d7e2-6f0b-4b8e-8f57-0e1a2b3c4d5e"])
     kind: EventKind = Field(examples=["applied"])
     version_id: str | None = Field(default=None, max_length=200, examples=["fmnist-cnn-d-3f9c-0007"])
-    reason: str = Field(default="", max_length=1000, examples=["shadow agreement 0.97 >= 0.90"])
+    reason: str = Field(default="", max_length=2000, examples=["shadow agreement 0.97 >= 0.90"])
     at: float = Field(examples=[1764380123.5])
 
 

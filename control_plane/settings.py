@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     auto_migrate: bool = False
     # How long a one-time enrollment token stays valid, seconds.
     enrollment_ttl_s: float = 7 * 24 * 3600.0
+    # Devices' last_seen_at / deployed_version from telemetry are written at most this often, seconds.
+    touch_interval_s: float = 2.0
     # Telemetry records written in one group commit at most.
     ingest_batch_max: int = 5000
     # SQLAlchemy pool size per process (PostgreSQL).

@@ -15,15 +15,18 @@ from control_plane.services.auth import Principal
 bearer = HTTPBearer(auto_error=False, description="a device token (qd_...) or an operator API key (qk_...)")
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread, on every request
     return request.app.state.ctx
 
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
 
 
-async def current_principal(ctx: Ctx,
-                            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def _principal(ctx: AppContext, creds: HTTPAuthorizationCredentials | None) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise AuthenticationError("missing credentials: send `Authorization: Bearer <device token or API key>`")
     token = creds.credentials
@@ -40,12 +43,19 @@ async def current_principal(ctx: Ctx,
     return p
 
 
+async def current_principal(ctx: Ctx, creds: Credentials) -> Principal:
+    return await _principal(ctx, creds)
+
+
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-async def current_device(ctx: Ctx, principal: CurrentPrincipal,
+async def current_device(request: Request, creds: Credentials,
                          device_id: Annotated[str, Path(max_length=40)]) -> Principal:
-    """The calling device, which must be the one in the path; counts toward its rate limit."""
+    """The calling device, which must be the one in the path; counts toward its rate limit.
+    (One dependency on the hot path: every extra one costs per request.)"""
+    ctx: AppContext = request.app.state.ctx
+    principal = await _principal(ctx, creds)
     if principal.kind != "device":
         raise PermissionDeniedError("this endpoint is for devices: authenticate with the device's token")
     if principal.id != device_id:

@@ -272,7 +272,7 @@ class DeviceEvent(Base):
     uuid: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(20))
     version_id: Mapped[str | None] = mapped_column(String(200))
-    reason: Mapped[str] = mapped_column(String(1000), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[float] = mapped_column(Float)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

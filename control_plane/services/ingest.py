@@ -2,20 +2,28 @@
 writer inserts everything that queued up meanwhile in one transaction (ON CONFLICT DO NOTHING on
 (device, seq), so a re-sent record is acked again, never stored twice), commits at the database's
 normal durability, and only then answers every waiting request. Nothing is acked before its
-commit; a failed batch is retried request by request, so one bad request fails alone."""
+commit; a failed batch is retried request by request, so one bad request fails alone.
+
+On PostgreSQL the writer owns one asyncpg connection and sends a batch as a single
+`INSERT ... SELECT FROM unnest(arrays)`; elsewhere (SQLite) it uses SQLAlchemy Core. The devices'
+`last_seen_at` / `deployed_version` are derived state: they are collected in memory and written at
+most every `touch_interval_s` in their own small transaction, rows locked in id order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import bindparam, func, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control_plane.db.models import Device, Telemetry, utcnow
@@ -26,6 +34,24 @@ logger = logging.getLogger(__name__)
 _TELEMETRY = Telemetry.__table__
 _DEVICES = Device.__table__
 
+_PG_INSERT = """
+INSERT INTO telemetry (device_id, seq, uuid, received_at, window_start, window_end, inference_count,
+                       labelled_count, labelled_correct, estimated_accuracy, mean_confidence,
+                       latency_p50_ms, latency_p95_ms, deployed_version, outbox_dropped)
+SELECT t.device_id, t.seq, t.uuid, $1, t.ws, t.we, t.n, t.lc, t.lk, t.ea, t.mc, t.p50, t.p95, t.ver, t.dropped
+FROM unnest($2::varchar[], $3::bigint[], $4::varchar[], $5::float8[], $6::float8[], $7::bigint[],
+            $8::bigint[], $9::bigint[], $10::float8[], $11::float8[], $12::float8[], $13::float8[],
+            $14::varchar[], $15::bigint[])
+     AS t(device_id, seq, uuid, ws, we, n, lc, lk, ea, mc, p50, p95, ver, dropped)
+ON CONFLICT (device_id, seq) DO NOTHING
+"""
+_PG_LOCK = "SELECT id FROM devices WHERE id = ANY($1::varchar[]) ORDER BY id FOR UPDATE"
+_PG_TOUCH = """
+UPDATE devices AS d SET last_seen_at = GREATEST(d.last_seen_at, t.seen),
+       deployed_version = COALESCE(t.ver, d.deployed_version)
+FROM unnest($1::varchar[], $2::timestamptz[], $3::varchar[]) AS t(id, seen, ver) WHERE d.id = t.id
+"""
+
 
 @dataclass
 class _Pending:
@@ -35,38 +61,50 @@ class _Pending:
 
 
 class TelemetryWriter:
-    """One per API process. `concurrency` writer tasks drain one queue (1 for SQLite, which has a
-    single writer anyway)."""
+    """One per API process: one writer task drains the queue, so the batch grows while a commit is
+    in flight (a group commit)."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch_rows: int = 5000, concurrency: int = 2) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_batch_rows: int = 5000, touch_interval_s: float = 2.0) -> None:
         self.engine = engine
         self.max_batch_rows = max_batch_rows
-        self.concurrency = 1 if engine.dialect.name == "sqlite" else max(1, concurrency)
-        insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-        self._insert = insert(_TELEMETRY).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+        self.touch_interval_s = touch_interval_s
+        self.postgres = engine.dialect.name == "postgresql"
+        self._pg: Any = None  # the writer's own asyncpg connection
+        self._insert = sqlite_insert(_TELEMETRY).on_conflict_do_nothing(index_elements=["device_id", "seq"])
         self._touch = (update(_DEVICES).where(_DEVICES.c.id == bindparam("b_id"))
                        .values(last_seen_at=bindparam("b_seen"),
                                deployed_version=func.coalesce(bindparam("b_version"), _DEVICES.c.deployed_version)))
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._touches: dict[str, tuple[dt.datetime, str | None]] = {}  # device -> (seen, version)
+        self._touched_at = 0.0
         self.batches = 0  # transactions committed
         self.records_acked = 0  # records acknowledged (new or already stored)
 
     async def start(self) -> None:
         self._closing = False
-        self._tasks = [asyncio.create_task(self._run(), name=f"telemetry-writer-{i}")
-                       for i in range(self.concurrency)]
+        self._task = asyncio.create_task(self._run(), name="telemetry-writer")
 
     async def stop(self) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued and the pending device touches, then stop."""
         self._closing = True
         self._wake.set()
-        for t in self._tasks:
+        if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks = []
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._flush_touches(force=True)
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                await self._pg.close()
+            self._pg = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._closing
 
     @property
     def queued(self) -> int:
@@ -74,8 +112,9 @@ class TelemetryWriter:
 
     async def submit(self, device_id: str, records: Sequence[TelemetryRecord]) -> list[int]:
         """Store `records` of `device_id`; returns their seqs once they are committed."""
-        if self._closing or not self._tasks:
-            raise UnavailableError("the server is shutting down; retry shortly")
+        if not self.running:
+            raise UnavailableError("telemetry ingest is not running (the server is starting or stopping); "
+                                   "retry shortly")
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(device_id, records, fut))
         self._wake.set()
@@ -87,8 +126,12 @@ class TelemetryWriter:
                 if self._closing:
                     return
                 self._wake.clear()
-                await self._wake.wait()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(self.touch_interval_s, 0.1))
+                except TimeoutError:
+                    await self._flush_touches_logged()
                 continue
+            await asyncio.sleep(0)  # let requests already received join this batch
             batch: list[_Pending] = []
             rows = 0
             while self._queue and (not batch or rows + len(self._queue[0].records) <= self.max_batch_rows):
@@ -100,14 +143,15 @@ class TelemetryWriter:
             except Exception as exc:
                 if len(batch) == 1:
                     self._fail(batch[0], exc)
-                    continue
-                logger.warning("telemetry batch of %d requests failed (%s); retrying them one by one",
-                               len(batch), exc)
-                for p in batch:
-                    try:
-                        await self._write([p])
-                    except Exception as one_exc:
-                        self._fail(p, one_exc)
+                else:
+                    logger.warning("telemetry batch of %d requests failed (%s); retrying them one by one",
+                                   len(batch), exc)
+                    for p in batch:
+                        try:
+                            await self._write([p])
+                        except Exception as one_exc:
+                            self._fail(p, one_exc)
+            await self._flush_touches_logged()
 
     def _fail(self, p: _Pending, exc: Exception) -> None:
         logger.error("telemetry write for device %s failed: %s", p.device_id, exc,
@@ -117,30 +161,81 @@ class TelemetryWriter:
 
     async def _write(self, batch: list[_Pending]) -> None:
         now = utcnow()
-        rows = []
-        latest: dict[str, tuple[int, str | None]] = {}
-        for p in batch:
-            for r in p.records:
-                rows.append({
-                    "device_id": p.device_id, "seq": r.seq, "uuid": r.uuid, "received_at": now,
-                    "window_start": r.window_start, "window_end": r.window_end,
-                    "inference_count": r.inference_count, "labelled_count": r.labelled_count,
-                    "labelled_correct": r.labelled_correct, "estimated_accuracy": r.estimated_accuracy,
-                    "mean_confidence": r.mean_confidence, "latency_p50_ms": r.latency_p50_ms,
-                    "latency_p95_ms": r.latency_p95_ms, "deployed_version": r.deployed_version,
-                    "outbox_dropped": r.outbox_dropped})
-                prev = latest.get(p.device_id)
-                if prev is None or r.seq >= prev[0]:
-                    latest[p.device_id] = (r.seq, r.deployed_version)
-        # Same lock order in every transaction (sorted keys), so concurrent writers never deadlock.
-        rows.sort(key=lambda row: (row["device_id"], row["seq"]))
-        touches = [{"b_id": d, "b_seen": now, "b_version": v} for d, (_, v) in sorted(latest.items())]
-        async with self.engine.begin() as conn:
-            await conn.execute(self._insert, rows)
-            await conn.execute(self._touch, touches)
+        records = [(p.device_id, r) for p in batch for r in p.records]
+        records.sort(key=lambda x: (x[0], x[1].seq))  # one lock order for every transaction
+        if self.postgres:
+            await self._write_pg(now, records)
+        else:
+            await self._write_sqlalchemy(now, records)
         self.batches += 1
-        self.records_acked += len(rows)
+        self.records_acked += len(records)
+        for device_id, r in records:  # sorted by seq: the newest record's version wins
+            prev = self._touches.get(device_id)
+            version = r.deployed_version if r.deployed_version is not None else (prev[1] if prev else None)
+            self._touches[device_id] = (now, version)
         for p in batch:
             if not p.future.done():
                 p.future.set_result([r.seq for r in p.records])
 
+    async def _connection(self) -> Any:
+        if self._pg is None or self._pg.is_closed():
+            import asyncpg
+
+            dsn = make_url(self.engine.url).set(drivername="postgresql").render_as_string(hide_password=False)
+            self._pg = await asyncpg.connect(dsn)
+        return self._pg
+
+    async def _write_pg(self, now: dt.datetime, records: list[tuple[str, TelemetryRecord]]) -> None:
+        cols: list[list[Any]] = [[] for _ in range(14)]
+        for device_id, r in records:
+            for col, v in zip(cols, (device_id, r.seq, r.uuid, r.window_start, r.window_end, r.inference_count,
+                                     r.labelled_count, r.labelled_correct, r.estimated_accuracy, r.mean_confidence,
+                                     r.latency_p50_ms, r.latency_p95_ms, r.deployed_version, r.outbox_dropped),
+                              strict=True):
+                col.append(v)
+        conn = await self._connection()
+        try:  # one statement = one implicit transaction, committed at default durability
+            await conn.execute(_PG_INSERT, now, *cols)
+        except Exception:
+            if conn.is_closed():
+                self._pg = None
+            raise
+
+    async def _write_sqlalchemy(self, now: dt.datetime, records: list[tuple[str, TelemetryRecord]]) -> None:
+        rows = [{"device_id": d, "seq": r.seq, "uuid": r.uuid, "received_at": now, "window_start": r.window_start,
+                 "window_end": r.window_end, "inference_count": r.inference_count,
+                 "labelled_count": r.labelled_count, "labelled_correct": r.labelled_correct,
+                 "estimated_accuracy": r.estimated_accuracy, "mean_confidence": r.mean_confidence,
+                 "latency_p50_ms": r.latency_p50_ms, "latency_p95_ms": r.latency_p95_ms,
+                 "deployed_version": r.deployed_version, "outbox_dropped": r.outbox_dropped}
+                for d, r in records]
+        async with self.engine.begin() as conn:
+            await conn.execute(self._insert, rows)
+
+    async def _flush_touches_logged(self) -> None:
+        try:
+            await self._flush_touches()
+        except Exception as exc:  # derived state: keep the touches and try again later
+            logger.warning("could not update devices' last_seen_at (%s); will retry", exc)
+
+    async def _flush_touches(self, force: bool = False) -> None:
+        if not self._touches or (not force and time.monotonic() - self._touched_at < self.touch_interval_s):
+            return
+        touches, self._touches = self._touches, {}
+        try:
+            items = sorted(touches.items())
+            if self.postgres:
+                conn = await self._connection()
+                ids = [d for d, _ in items]
+                async with conn.transaction():
+                    await conn.execute(_PG_LOCK, ids)
+                    await conn.execute(_PG_TOUCH, ids, [s for _, (s, _) in items], [v for _, (_, v) in items])
+            else:
+                async with self.engine.begin() as conn:
+                    await conn.execute(self._touch, [{"b_id": d, "b_seen": s, "b_version": v}
+                                                     for d, (s, v) in items])
+        except Exception:
+            for d, t in touches.items():  # keep newer touches that arrived meanwhile
+                self._touches.setdefault(d, t)
+            raise
+        self._touched_at = time.monotonic()

@@ -83,7 +83,7 @@ def settings(db_url: str, redis_prefix: str, tmp_path: Any) -> Settings:
     _empty_tables(db_url)
     return Settings(database_url=db_url, redis_url=REDIS_URL, redis_prefix=f"{redis_prefix}{uuid.uuid4().hex[:6]}:",
                     state_dir=tmp_path / "state", token_cache_ttl_s=0.5, rate_limit_per_minute=1000,
-                    noop_endpoint=True, max_sketch_bytes=262_144, max_body_bytes=200_000,
+                    noop_endpoint=True, touch_interval_s=0.0, max_sketch_bytes=262_144, max_body_bytes=200_000,
                     max_telemetry_records=50, db_pool_size=4)
 
 

@@ -48,7 +48,7 @@ async def readyz(ctx: Ctx) -> Any:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unavailable: {type(exc).__name__}"
-    checks["telemetry_writer"] = "ok" if ctx.writer._tasks and not ctx.writer._closing else "stopped"
+    checks["telemetry_writer"] = "ok" if ctx.writer.running else "stopped"
     ok = all(v == "ok" for v in checks.values())
     body = Health(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

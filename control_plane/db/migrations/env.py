@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from control_plane.db.engine import make_sync_engine
 from control_plane.db.models import Base
@@ -31,10 +32,15 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
+MIGRATION_LOCK = 0x51534145  # PostgreSQL advisory lock id: replicas starting together migrate one at a time
+
+
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       compare_type=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         context.run_migrations()
 
 

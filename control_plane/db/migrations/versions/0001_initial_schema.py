@@ -100,7 +100,7 @@ def upgrade() -> None:
     sa.Column('uuid', sa.String(length=64), nullable=False),
     sa.Column('kind', sa.String(length=20), nullable=False),
     sa.Column('version_id', sa.String(length=200), nullable=True),
-    sa.Column('reason', sa.String(length=1000), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('at', sa.Float(), nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['device_id'], ['devices.id'], name=op.f('fk_device_events_device_id_devices')),
