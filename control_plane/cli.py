@@ -42,6 +42,24 @@ def demo(quick: bool = typer.Option(False, help="a smaller, faster run")) -> Non
 
 
 @app.command()
+def worker(max_parallel: int = typer.Option(2, help="Ray tasks in flight at once")) -> None:
+    """Run the dispatcher: jobs from the jobs table as Ray tasks (FLEET_RAY_ADDRESS or local)."""
+    from workers.dispatcher import DispatcherConfig, run_dispatcher
+
+    _setup_logging()
+    run_dispatcher(config=DispatcherConfig(max_parallel=max_parallel))
+
+
+@app.command()
+def controller(tick: float = typer.Option(5.0, help="seconds between passes over the fleet")) -> None:
+    """Run the pruning controller: retrain triggers per device, rollout advance/abort."""
+    from control_plane.controller.loop import ControllerConfig, run_controller
+
+    _setup_logging()
+    run_controller(config=ControllerConfig(tick_s=tick))
+
+
+@app.command()
 def simulate(devices: int = typer.Option(None, help="agents to run (default: the scenario's)"),
              scenario: str = typer.Option(..., help="scenario YAML (see edge_agent/scenarios/)"),
              server: str = typer.Option("http://127.0.0.1:8000", help="control plane base URL"),

@@ -27,11 +27,7 @@ CLIS = {
 
 # Deployed commands that control_plane/cli.py does not have yet (issue 4 is adding them), with the
 # reason. Each is an xfail; pytest -ra lists it as XPASS once the command exists: then delete it here.
-PENDING: dict[str, str] = {
-    "qsae-fleet worker": "control_plane.cli has no `worker` command yet (dispatcher, issue 4)",
-    "qsae-fleet controller": "control_plane.cli has no `controller` command yet (issue 4)",
-    "qsae-fleet simulate": "control_plane.cli has no `simulate` command yet (fleet simulator)",
-}
+PENDING: dict[str, str] = {}  # deployed commands not in the CLI yet: name -> reason (xfail)
 
 
 @cache

@@ -1,0 +1,262 @@
+"""`qsae-fleet demo`: the whole dynamic-pruning loop on one machine, with the embedded defaults.
+
+SQLite, a local Ray, an MLflow store under `.fleet/`, no Redis. It trains (or loads) the base
+model, starts the control plane, the dispatcher and the controller on 127.0.0.1, simulates a fleet
+whose data drifts, and prints what the controller did for each device and phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+logger = logging.getLogger(__name__)
+console = Console()
+
+STATE = Path(".fleet")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    devices: int  # simulated agents
+    phase_scale: float  # phase lengths relative to the scenario file
+    seconds_per_round: float  # real-time pace of the stream
+    quick_base: bool  # a 1-epoch base model instead of the pinned 6-epoch one
+
+
+FULL = DemoPlan(devices=6, phase_scale=1.0, seconds_per_round=0.45, quick_base=False)
+QUICK = DemoPlan(devices=3, phase_scale=0.6, seconds_per_round=0.3, quick_base=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _base_checkpoint(quick: bool) -> Any:
+    from workers.training import TrainConfig, load_base, load_or_train
+
+    models = STATE / "models"
+    if quick:
+        return load_or_train(cfg=TrainConfig(epochs=1), cache_dir=models, progress=True)
+    return load_base(models, progress=True)
+
+
+class _Server:
+    """The control plane under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, settings: Any) -> None:
+        import uvicorn
+
+        from control_plane.main import create_app
+
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
+                                log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="control-plane", daemon=True)
+        self.url = f"http://127.0.0.1:{settings.port}"
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the control plane did not start within 30 s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _scaled_scenario(plan: DemoPlan) -> dict[str, Any]:
+    from edge_agent.simulator import load_scenario
+
+    doc = load_scenario("demo")
+    for device in doc["devices"]:
+        for phase in device["phases"]:
+            phase["duration"] = int(phase["duration"] * plan.phase_scale)
+    return doc
+
+
+def run_demo(quick: bool = False) -> None:
+    from control_plane.controller.loop import Controller, ControllerConfig
+    from control_plane.db.migrate import upgrade
+    from control_plane.services import FleetStore
+    from control_plane.settings import Settings
+    from edge_agent.simulator import simulate
+    from workers.dispatcher import Dispatcher, DispatcherConfig, init_ray
+    from workers.tracking import Tracker
+
+    plan = QUICK if quick else FULL
+    t_start = time.monotonic()
+    console.rule("[bold]QSAE Fleet demo" + (" (quick)" if quick else ""))
+    console.print("1/4 base model: the pinned CNN on Fashion-MNIST (trained once, then cached)")
+    ck = _base_checkpoint(plan.quick_base)
+    console.print(f"    {ck.name} {ck.base_version}: test accuracy " +
+                  ", ".join(f"{k} {100 * v:.1f} %" for k, v in ck.metrics.items()))
+
+    run_dir = (STATE / "demo").resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    admin_key = "qk_demo_" + secrets.token_urlsafe(24)
+    settings = Settings(state_dir=run_dir, port=_free_port(), bootstrap_admin_key=admin_key,
+                        mlflow_tracking_uri=f"sqlite:///{(STATE / 'mlflow.db').resolve()}",
+                        calibration_size=512, redis_url=None)
+    upgrade(str(settings.database_url))
+    console.print("2/4 services: control plane, dispatcher (local Ray), controller on 127.0.0.1")
+    server = _Server(settings)
+    server.start()
+    store = FleetStore(settings)
+    _set_demo_policy(server.url, admin_key)
+    init_ray(None, num_cpus=2)
+    tracker = Tracker(str(settings.mlflow_tracking_uri), (STATE / "mlartifacts").resolve())
+    stop = threading.Event()
+    dispatcher = Dispatcher(store, tracker, DispatcherConfig(max_parallel=2), checkpoint=ck)
+    controller = Controller(store, ControllerConfig(tick_s=2.0, min_inferences=256, min_fresh_samples=160,
+                                                    debounce_s=10.0))
+    threads = [threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher", daemon=True),
+               threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        base_job, _ = store.enqueue_job(None, "train_base", f"base:{ck.name}:{ck.base_version}",
+                                        "demo: the fleet's starting version")
+        base_version = _wait_for_job(store, base_job.id)
+        console.print(f"    base version {base_version} registered in MLflow as {ck.name} (alias champion)")
+
+        console.print(f"3/4 fleet: {plan.devices} simulated devices, three kinds of drift, "
+                      f"{plan.seconds_per_round:.2f} s per round of {32} images")
+        scenario = _scaled_scenario(plan)
+        with Progress(TextColumn("    stream"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
+                      TextColumn("{task.fields[jobs]}"), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("stream", total=None, jobs="")
+
+            def on_round(done: int, total: int) -> None:
+                if done % 5 == 0 or done == total:
+                    counts = Counter(j.status for j in store.list_jobs(limit=1000))
+                    progress.update(task, completed=done, total=total,
+                                    jobs=f"jobs: {counts.get('succeeded', 0)} done, "
+                                         f"{counts.get('running', 0) + counts.get('queued', 0)} pending")
+
+            report = simulate(server.url, scenario, devices=plan.devices, operator_key=admin_key,
+                              state_dir=run_dir / "agents", initial_version=base_version,
+                              progress=on_round, real_seconds_per_round=plan.seconds_per_round)
+        console.print("4/4 results")
+        _print_results(store, report, scenario, ck)
+        console.print(f"\nfleet accuracy {100 * (report.accuracy or 0):.2f} %, label-free estimate MAE "
+                      f"{report.estimate_mae_pp or float('nan'):.2f} pp; demo took "
+                      f"{time.monotonic() - t_start:.0f} s")
+        console.print(f"dashboard (while a server runs on this state): {server.url}/dashboard  "
+                      f"(operator key: {admin_key})")
+        console.print("MLflow UI: .venv/bin/mlflow ui --backend-store-uri "
+                      f"sqlite:///{(STATE / 'mlflow.db').resolve()} --port 5000")
+        console.print(f"serve this fleet again: FLEET_STATE_DIR={run_dir} "
+                      f"FLEET_MLFLOW_TRACKING_URI=sqlite:///{(STATE / 'mlflow.db').resolve()} "
+                      f"FLEET_BOOTSTRAP_ADMIN_KEY={admin_key} .venv/bin/qsae-fleet serve")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        server.stop()
+        store.close()
+
+
+def _set_demo_policy(url: str, admin_key: str) -> None:
+    """The default policy, with a debounce that suits a stream compressed into minutes."""
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    r = httpx.get(f"{url}/api/v1/policies/default", headers=headers, timeout=10)
+    r.raise_for_status()
+    values = {k: v for k, v in r.json().items() if k not in ("name", "updated_at")}
+    values["extra"] = {**values.get("extra", {}), "debounce_s": 10.0, "min_labelled": 150}
+    httpx.put(f"{url}/api/v1/policies/default", headers=headers, json=values, timeout=10).raise_for_status()
+
+
+def _wait_for_job(store: Any, job_id: int, timeout_s: float = 900) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = store.get_job(job_id)
+        if job.status == "succeeded":
+            return str(job.version_id)
+        if job.status in ("failed", "cancelled"):
+            raise RuntimeError(f"job {job_id} {job.status}: {job.error}")
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
+
+
+def _print_results(store: Any, report: Any, scenario: dict[str, Any], ck: Any) -> None:
+    from qsae_shared.distributions import profiles_from_scenario
+
+    phase_names = {p.device_id: [ph.describe() for ph in p.phases] for p in profiles_from_scenario(scenario)}
+    dense = _dense_phase_accuracy(report, scenario, ck)
+    table = Table(title="per device and phase", show_lines=False)
+    for col in ("device", "phase", "served versions (share)", "compression", "accuracy dense",
+                "accuracy deployed", "retrain triggers"):
+        table.add_column(col)
+    versions = {v.id: v for v in store.list_versions(limit=1000)}
+    for d in report.devices:
+        jobs = [j for j in store.list_jobs(device_id=d.device_id, limit=100) if j.kind == "retrain"]
+        triggers = "; ".join(f"{j.trigger_reason.split(';')[0]} -> {(j.result or {}).get('decision', j.status)}"
+                             for j in sorted(jobs, key=lambda j: j.id))
+        for ph, (correct, n) in sorted(d.phase_true.items()):
+            served = d.phase_versions.get(ph, {})
+            total = sum(served.values()) or 1
+            shares = ", ".join(f"{_short(v)} {100 * c / total:.0f}%" for v, c in served.items())
+            ratios = [versions[v].compression_ratio for v in served if v in versions
+                      and versions[v].compression_ratio]
+            weighted = sum(versions[v].compression_ratio * c for v, c in served.items()
+                           if v in versions and versions[v].compression_ratio) / total
+            table.add_row(d.device, phase_names.get(d.device, ["?"] * (ph + 1))[ph], shares,
+                          f"{weighted:.1f}x" if ratios else "-",
+                          f"{100 * dense.get((d.device, ph), float('nan')):.1f} %",
+                          f"{100 * correct / n:.1f} %", triggers if ph == 0 else "")
+    console.print(table)
+
+
+def _short(version_id: str) -> str:
+    return version_id if len(version_id) <= 28 else "..." + version_id[-16:]
+
+
+def _dense_phase_accuracy(report: Any, scenario: dict[str, Any], ck: Any) -> dict[tuple[str, int], float]:
+    """The dense fp32 network on exactly the images each device saw, per phase."""
+    import numpy as np
+    import torch
+
+    from edge_agent.simulator import SimulationConfig, expand_profiles
+    from qsae_shared.data import preprocess
+    from qsae_shared.distributions import DeviceStream
+
+    cfg = SimulationConfig.from_scenario(scenario, devices=len(report.devices))
+    net = ck.network()
+    out: dict[tuple[str, int], float] = {}
+    for prof, d in zip(expand_profiles(scenario, cfg.devices), report.devices, strict=True):
+        stream = DeviceStream(prof, cfg.split, "simulate")
+        batches = [stream.next_batch(cfg.batch_size) for _ in range(d.inferences // cfg.batch_size)]
+        if not batches:
+            continue
+        images = np.concatenate([b.images for b in batches])  # the same draws, batch by batch
+        labels = np.concatenate([b.labels for b in batches])
+        phases = np.concatenate([b.phase_index for b in batches])
+        with torch.no_grad():
+            pred = net(torch.from_numpy(preprocess(images))).argmax(1).numpy()
+        for ph in np.unique(phases):
+            m = phases == ph
+            out[(d.device, int(ph))] = float((pred[m] == labels[m]).mean())
+    return out
