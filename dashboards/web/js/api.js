@@ -2,6 +2,7 @@
 // (gone when the tab closes). Every call goes through `request`, so errors look the same everywhere.
 
 const KEY_STORAGE = "qsae.apiKey";
+const SESSION_STORAGE = "qsae.session"; // {role, name, canAct} learnt at sign-in (display only)
 export const API_BASE = new URL("../api/v1/", document.baseURI).pathname;
 
 export class ApiError extends Error {
@@ -23,6 +24,20 @@ export function setKey(key) {
 
 export function clearKey() {
   sessionStorage.removeItem(KEY_STORAGE);
+  sessionStorage.removeItem(SESSION_STORAGE);
+}
+
+// The role only decides what the UI offers; the API checks it on every request anyway.
+export function getSession() {
+  try {
+    return JSON.parse(sessionStorage.getItem(SESSION_STORAGE) || "null");
+  } catch {
+    return null;
+  }
+}
+
+export function setSession(session) {
+  sessionStorage.setItem(SESSION_STORAGE, JSON.stringify(session));
 }
 
 function detailOf(body, status) {

@@ -2,9 +2,9 @@
 // A page module exports `mount(view, params, ctx) -> {refresh(): Promise, destroy()}`; the shell
 // calls refresh() on every tick so the page updates in place without reloading.
 
-import { ApiError, clearKey, getKey } from "./api.js";
+import { ApiError, clearKey, getKey, getSession, setSession } from "./api.js";
 import { whoami } from "./model.js";
-import { h, replace, toast } from "./ui.js";
+import { h, refreshAgo, replace, toast } from "./ui.js";
 import * as fleet from "./pages/fleet.js";
 import * as device from "./pages/device.js";
 import * as jobs from "./pages/jobs.js";
@@ -78,8 +78,11 @@ function setLive(ok, text) {
 async function ensureSession() {
   if (state.session) return state.session;
   if (!getKey()) return null;
+  state.session = getSession();
+  if (state.session) return state.session;
   try {
     state.session = await whoami();
+    setSession(state.session);
   } catch (err) {
     if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
       clearKey();
@@ -145,6 +148,7 @@ async function tick(force = false) {
   try {
     await cur.handle.refresh();
     if (state.current !== cur) return;
+    refreshAgo();
     state.lastUpdate = Date.now();
     setLive(true, "live");
     showBanner(null);

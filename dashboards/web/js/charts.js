@@ -59,6 +59,9 @@ export class TimeChart {
   update(spec) {
     const series = spec.series.filter((s) => s.points && s.points.length);
     this.markers = spec.markers || [];
+    // What is drawn, readable from the DOM (the plot itself is a canvas).
+    this.container.dataset.markers = String(this.markers.length);
+    this.container.dataset.points = series.map((s) => `${s.label}:${s.points.length}`).join(",");
     if (!series.length) {
       this.destroyPlot();
       replace(this.container, h("div", { class: "chart-empty", "data-testid": this.testid }, spec.empty ||

@@ -40,7 +40,7 @@ export async function whoami(key) {
   await get("fleet/summary", {}, opts);
   let role = "viewer";
   try {
-    await request("POST", "rollouts", { ...opts, body: { __role_probe__: true } });
+    await request("POST", "rollouts", { ...opts, params: { role_probe: 1 }, body: { role_probe: true } });
     role = "operator";
   } catch (err) {
     if (!(err instanceof ApiError)) throw err;

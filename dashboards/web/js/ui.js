@@ -66,6 +66,20 @@ export function ago(t, now = Date.now() / 1000) {
   return `${(d / 86400).toFixed(1)} d ago`;
 }
 
+// A relative time that stays current: the shell re-labels every [data-ago] element on each tick,
+// so tables need not re-render rows just because time passed.
+export function agoEl(t) {
+  const s = toEpoch(t);
+  return h("span", { "data-ago": s ?? "", title: datetime(t) }, ago(t));
+}
+
+export function refreshAgo(root = document) {
+  const now = Date.now() / 1000;
+  for (const el of root.querySelectorAll("[data-ago]")) {
+    if (el.dataset.ago !== "") el.textContent = ago(Number(el.dataset.ago), now);
+  }
+}
+
 export function datetime(t) {
   const s = toEpoch(t);
   if (s === null) return DASH;
@@ -78,11 +92,16 @@ export function badge(text, kind = text) {
 
 // ---- table ------------------------------------------------------------------------------------
 // columns: [{key, label, value(row) -> sortable value, render(row) -> node|string, numeric}]
-// Sort state lives in the table object so a refresh keeps the operator's choice.
+// Sort state lives in the table object so a refresh keeps the operator's choice. A row whose data
+// did not change keeps its DOM element across refreshes (no flicker, no lost clicks); `extraSig`
+// adds whatever else a row's rendering depends on.
 export class DataTable {
-  constructor({ columns, rowKey, testid, empty = "Nothing here yet.", onRowClick, sort }) {
+  constructor({ columns, rowKey, testid, empty = "Nothing here yet.", onRowClick, sort, extraSig }) {
     this.columns = columns;
     this.rowKey = rowKey;
+    this.extraSig = extraSig;
+    this.rowCache = new Map(); // key -> {sig, tr}
+    this.headSig = null;
     this.empty = empty;
     this.onRowClick = onRowClick;
     this.sort = sort || null; // {key, dir: 1|-1}
@@ -108,10 +127,44 @@ export class DataTable {
   }
 
   render() {
-    const head = h("tr", {}, this.columns.map((col) => {
+    const headSig = JSON.stringify(this.sort);
+    if (headSig !== this.headSig) {
+      this.headSig = headSig;
+      this.thead = h("thead", {}, this.renderHead());
+    }
+    let rows = this.rows.filter(this.filter);
+    if (this.sort) {
+      const col = this.columns.find((c) => c.key === this.sort.key);
+      if (col) {
+        const dir = this.sort.dir;
+        rows = [...rows].sort((a, b) => compare(this.value(col, a), this.value(col, b)) * dir);
+      }
+    }
+    const cache = new Map();
+    const trs = rows.map((row, i) => {
+      const key = this.rowKey ? this.rowKey(row) : String(i);
+      const sig = JSON.stringify(row) + (this.extraSig ? `|${this.extraSig(row)}` : "");
+      const hit = this.rowCache.get(key);
+      const tr = hit && hit.sig === sig ? hit.tr : this.renderRow(row, key);
+      cache.set(key, { sig, tr });
+      return tr;
+    });
+    this.rowCache = cache;
+    const body = trs.length ? trs
+      : [h("tr", {}, h("td", { colspan: this.columns.length, class: "empty" }, this.empty))];
+    if (!this.tbody) this.tbody = h("tbody");
+    // Only touch the DOM where the order or the rows changed.
+    const current = [...this.tbody.children];
+    if (current.length !== body.length || current.some((el, i) => el !== body[i])) this.tbody.replaceChildren(...body);
+    if (this.table.firstChild !== this.thead || this.table.lastChild !== this.tbody) replace(this.table, this.thead, this.tbody);
+    this.shown = rows.length;
+  }
+
+  renderHead() {
+    return h("tr", {}, this.columns.map((col) => {
       const active = this.sort && this.sort.key === col.key;
       const arrow = active ? (this.sort.dir > 0 ? " ▲" : " ▼") : "";
-      const th = h("th", {
+      return h("th", {
         class: col.numeric ? "num" : "",
         "aria-sort": active ? (this.sort.dir > 0 ? "ascending" : "descending") : "none",
         "data-col": col.key,
@@ -123,33 +176,21 @@ export class DataTable {
           this.render();
         },
       }, col.label + arrow));
-      return th;
     }));
-    let rows = this.rows.filter(this.filter);
-    if (this.sort) {
-      const col = this.columns.find((c) => c.key === this.sort.key);
-      if (col) {
-        const dir = this.sort.dir;
-        rows = [...rows].sort((a, b) => compare(this.value(col, a), this.value(col, b)) * dir);
-      }
+  }
+
+  renderRow(row, key) {
+    const tr = h("tr", { "data-key": this.rowKey ? key : undefined },
+      this.columns.map((col) => h("td", { class: col.numeric ? "num" : "", "data-col": col.key },
+        col.render ? col.render(row) : fmtCell(this.value(col, row)))));
+    if (this.onRowClick) {
+      tr.classList.add("clickable");
+      tr.addEventListener("click", (ev) => {
+        if (ev.target.closest("a,button,input,select")) return;
+        this.onRowClick(row);
+      });
     }
-    const body = rows.length
-      ? rows.map((row) => {
-        const tr = h("tr", { "data-key": this.rowKey ? this.rowKey(row) : undefined },
-          this.columns.map((col) => h("td", { class: col.numeric ? "num" : "", "data-col": col.key },
-            col.render ? col.render(row) : fmtCell(this.value(col, row)))));
-        if (this.onRowClick) {
-          tr.classList.add("clickable");
-          tr.addEventListener("click", (ev) => {
-            if (ev.target.closest("a,button,input,select")) return;
-            this.onRowClick(row);
-          });
-        }
-        return tr;
-      })
-      : [h("tr", {}, h("td", { colspan: this.columns.length, class: "empty" }, this.empty))];
-    replace(this.table, h("thead", {}, head), h("tbody", {}, body));
-    this.shown = rows.length;
+    return tr;
   }
 }
 

@@ -4,7 +4,7 @@
 import { ApiError, del, post } from "../api.js";
 import * as model from "../model.js";
 import { BarChart, TimeChart } from "../charts.js";
-import { DASH, DataTable, ago, badge, datetime, formDialog, h, num, pct, ratio, replace, toast } from "../ui.js";
+import { ago, agoEl, badge, DASH, DataTable, datetime, formDialog, h, num, pct, ratio, replace, toast } from "../ui.js";
 import { jobCell } from "./fleet.js";
 
 export function mount(view, { deviceId }, ctx) {
@@ -37,20 +37,20 @@ export function mount(view, { deviceId }, ctx) {
       { key: "progress", label: "Progress", numeric: true,
         render: (j) => h("span", { title: j.progress_message }, pct(j.progress, 0), j.progress_message ? ` · ${j.progress_message}` : "") },
       { key: "trigger_reason", label: "Trigger" },
-      { key: "created_at", label: "Created", render: (j) => h("span", { title: datetime(j.created_at) }, ago(j.created_at)) },
+      { key: "created_at", label: "Created", render: (j) => agoEl(j.created_at) },
       { key: "version_id", label: "Result", render: (j) => (j.version_id ? h("code", {}, model.shortVersion(j.version_id)) : j.error ? h("span", { class: "error" }, j.error) : DASH) },
     ],
   });
   let device = null;
   const versionsTable = new DataTable({
-    testid: "device-versions", rowKey: (v) => v.id, sort: { key: "created_at", dir: -1 }, empty: "No versions built for this device yet.",
+    testid: "device-versions", rowKey: (v) => v.id, extraSig: () => device?.deployed_version, sort: { key: "created_at", dir: -1 }, empty: "No versions built for this device yet.",
     columns: [
       { key: "id", label: "Version", render: (v) => h("span", {}, h("code", { title: v.id }, model.shortVersion(v.id)),
         device && v.id === device.deployed_version ? [" ", badge("deployed")] : null) },
       { key: "status", label: "Status", render: (v) => badge(v.status) },
       { key: "compression_ratio", label: "Compression", numeric: true, render: (v) => ratio(v.compression_ratio) },
       { key: "kl", label: "KL (nats)", numeric: true, render: (v) => num(v.kl, 4) },
-      { key: "created_at", label: "Created", render: (v) => h("span", { title: datetime(v.created_at) }, ago(v.created_at)) },
+      { key: "created_at", label: "Created", render: (v) => agoEl(v.created_at) },
       { key: "mlflow", label: "MLflow run", sortable: false,
         render: (v) => (v.mlflow_url ? h("a", { href: v.mlflow_url, target: "_blank", rel: "noopener" }, `run ${v.mlflow_run_id.slice(0, 8)}`)
           : v.mlflow_run_id ? h("code", { title: "set FLEET_MLFLOW_UI_URL for links" }, v.mlflow_run_id.slice(0, 8)) : DASH) },
@@ -62,7 +62,7 @@ export function mount(view, { deviceId }, ctx) {
   const eventsTable = new DataTable({
     testid: "device-events", rowKey: (e) => e.uuid, sort: { key: "at", dir: -1 }, empty: "No events reported yet.",
     columns: [
-      { key: "at", label: "When", render: (e) => h("span", { title: datetime(e.at) }, ago(e.at)) },
+      { key: "at", label: "When", render: (e) => agoEl(e.at) },
       { key: "kind", label: "Event", render: (e) => badge(e.kind) },
       { key: "version_id", label: "Version", render: (e) => (e.version_id ? h("code", {}, model.shortVersion(e.version_id)) : DASH) },
       { key: "reason", label: "Reason" },

@@ -2,7 +2,7 @@
 
 import * as model from "../model.js";
 import { TimeChart } from "../charts.js";
-import { DASH, DataTable, ago, badge, h, int, num, pct, ratio, replace } from "../ui.js";
+import { agoEl, badge, DASH, DataTable, h, int, num, pct, ratio, replace } from "../ui.js";
 
 const TILE_STATES = ["healthy", "drifting", "retraining", "rolling_back", "offline"];
 
@@ -53,7 +53,7 @@ export function mount(view, params, ctx) {
       { key: "estimated", label: "Estimated acc. (1 h)", numeric: true, value: (d) => d.acc?.estimated ?? null,
         render: (d) => (d.acc ? pct(d.acc.estimated) : h("span", { class: "muted" }, DASH)) },
       { key: "drift_score", label: "Drift", numeric: true, render: (d) => num(d.drift_score) },
-      { key: "last_seen_at", label: "Last seen", value: (d) => d.last_seen_at, render: (d) => h("span", { title: d.last_seen_at || "" }, ago(d.last_seen_at)) },
+      { key: "last_seen_at", label: "Last seen", value: (d) => d.last_seen_at, render: (d) => agoEl(d.last_seen_at) },
       { key: "job", label: "Job", value: (d) => d.job?.status ?? null, render: (d) => jobCell(d.job) },
     ],
   });

@@ -2,7 +2,7 @@
 
 import { ApiError, post } from "../api.js";
 import * as model from "../model.js";
-import { DASH, DataTable, ago, badge, datetime, h, int, pct, replace, toast } from "../ui.js";
+import { agoEl, badge, DASH, DataTable, h, int, pct, replace, toast } from "../ui.js";
 
 const JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 
@@ -19,7 +19,7 @@ export function mount(view, params, ctx) {
   const names = new Map();
 
   const table = new DataTable({
-    testid: "jobs-table", rowKey: (j) => String(j.id), sort: { key: "id", dir: -1 }, empty: "No jobs.",
+    testid: "jobs-table", rowKey: (j) => String(j.id), extraSig: (j) => names.get(j.device_id), sort: { key: "id", dir: -1 }, empty: "No jobs.",
     columns: [
       { key: "id", label: "Job", numeric: true },
       { key: "device_id", label: "Device", value: (j) => names.get(j.device_id) || j.device_id,
@@ -31,8 +31,8 @@ export function mount(view, params, ctx) {
       { key: "progress_message", label: "Step" },
       { key: "trigger_reason", label: "Trigger" },
       { key: "attempts", label: "Attempts", numeric: true, render: (j) => `${j.attempts}/${j.max_attempts}` },
-      { key: "created_at", label: "Created", render: (j) => h("span", { title: datetime(j.created_at) }, ago(j.created_at)) },
-      { key: "finished_at", label: "Finished", render: (j) => (j.finished_at ? h("span", { title: datetime(j.finished_at) }, ago(j.finished_at)) : DASH) },
+      { key: "created_at", label: "Created", render: (j) => agoEl(j.created_at) },
+      { key: "finished_at", label: "Finished", render: (j) => (j.finished_at ? agoEl(j.finished_at) : DASH) },
       { key: "version_id", label: "Result", render: (j) => (j.version_id ? h("code", { title: j.version_id }, model.shortVersion(j.version_id))
         : j.error ? h("span", { class: "error", title: j.error }, j.error.slice(0, 80)) : DASH) },
       { key: "cancel", label: "", sortable: false, render: (j) => (model.ACTIVE_JOB.has(j.status)

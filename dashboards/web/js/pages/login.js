@@ -1,6 +1,6 @@
 // Sign in with an API key: it is checked against the API, then kept in sessionStorage only.
 
-import { ApiError, clearKey, setKey } from "../api.js";
+import { ApiError, clearKey, setKey, setSession } from "../api.js";
 import { whoami } from "../model.js";
 import { h } from "../ui.js";
 
@@ -28,6 +28,7 @@ export function mount(view, params, ctx) {
     try {
       const session = await whoami(key);
       setKey(key);
+      setSession(session);
       window.dispatchEvent(new CustomEvent("qsae:login", { detail: session }));
     } catch (err) {
       clearKey();

@@ -2,12 +2,13 @@
 
 import { ApiError, post } from "../api.js";
 import * as model from "../model.js";
-import { DASH, DataTable, ago, badge, datetime, formDialog, h, int, replace, toast } from "../ui.js";
+import { agoEl, badge, DASH, DataTable, formDialog, h, int, replace, toast } from "../ui.js";
 
 export function mount(view, params, ctx) {
   ctx.setTitle("Rollouts");
   let versions = [];
   let cohorts = [];
+  let loaded = false;
   const cohortSizes = new Map(); // "cohort|base_model" -> devices a rollout could move
   const baseOf = new Map(); // version id -> base model
   const btnCreate = h("button", { type: "button", class: "primary act", "data-testid": "rollout-create", onclick: () => create() }, "New rollout");
@@ -15,7 +16,7 @@ export function mount(view, params, ctx) {
   const formBox = h("div", { class: "card", hidden: true, "data-testid": "rollout-form-card" });
 
   const table = new DataTable({
-    testid: "rollouts-table", rowKey: (r) => String(r.id), sort: { key: "id", dir: -1 }, empty: "No rollouts yet.",
+    testid: "rollouts-table", rowKey: (r) => String(r.id), extraSig: (r) => cohortSizes.get(`${r.cohort}|${baseOf.get(r.version_id)}`), sort: { key: "id", dir: -1 }, empty: "No rollouts yet.",
     columns: [
       { key: "id", label: "Rollout", numeric: true },
       { key: "version_id", label: "Version", render: (r) => h("code", { title: r.version_id }, model.shortVersion(r.version_id)) },
@@ -31,7 +32,7 @@ export function mount(view, params, ctx) {
       { key: "thresholds", label: "Thresholds", sortable: false,
         render: (r) => Object.entries(r.thresholds || {}).map(([k, v]) => h("div", { class: "mono" }, `${k} = ${v}`)) },
       { key: "reason", label: "Reason" },
-      { key: "updated_at", label: "Updated", render: (r) => h("span", { title: datetime(r.updated_at) }, ago(r.updated_at)) },
+      { key: "updated_at", label: "Updated", render: (r) => agoEl(r.updated_at) },
       { key: "actions", label: "", sortable: false, render: (r) => actions(r) },
     ],
   });
@@ -56,8 +57,10 @@ export function mount(view, params, ctx) {
   function actions(r) {
     const btn = (name, label, cls = "small") => h("button", { type: "button", class: cls, "data-testid": `${name}-${r.id}`,
       onclick: () => act(r, name) }, label);
-    if (r.state === "active") return h("span", { class: "act row" }, btn("advance", r.stage + 1 >= r.stages.length ? "Complete" : "Advance"), btn("pause", "Pause"), btn("abort", "Abort", "small danger"));
+    if (r.state === "active") return h("span", { class: "act row" }, btn("advance", r.stage + 2 >= r.stages.length ? "Complete" : "Advance"), btn("pause", "Pause"), btn("abort", "Abort", "small danger"));
     if (r.state === "paused") return h("span", { class: "act row" }, btn("resume", "Resume"), btn("abort", "Abort", "small danger"));
+    // The API undoes a completed rollout too: its devices go back to what they ran before.
+    if (r.state === "completed") return h("span", { class: "act row" }, btn("abort", "Undo", "small danger"));
     return "";
   }
 
@@ -78,7 +81,8 @@ export function mount(view, params, ctx) {
     }
   }
 
-  function create() {
+  async function create() {
+    if (!loaded) await refresh(); // the form lists versions and cohorts: load them first
     const eligible = versions.filter((v) => !v.device_id && v.status !== "rejected" && v.status !== "retired");
     const versionSel = h("select", { name: "version_id", required: true, "data-testid": "rollout-version" },
       eligible.length ? eligible.map((v) => h("option", { value: v.id }, `${v.id} (${v.compression_ratio ? `${v.compression_ratio.toFixed(1)}×` : DASH}, ${v.status})`))
@@ -136,6 +140,7 @@ export function mount(view, params, ctx) {
     }
     cohorts = [...new Set(devices.items.map((d) => d.cohort))].sort();
     table.setRows(rollouts);
+    loaded = true;
   }
 
   return { refresh, destroy() {} };

@@ -3,7 +3,7 @@
 
 import { ApiError, request } from "../api.js";
 import * as model from "../model.js";
-import { DASH, DataTable, ago, badge, datetime, h, int, num, ratio, replace, toast } from "../ui.js";
+import { agoEl, badge, DASH, DataTable, h, int, num, ratio, replace, toast } from "../ui.js";
 
 const VERSION_STATUSES = ["candidate", "approved", "rejected", "retired"];
 
@@ -25,7 +25,7 @@ export function mount(view, params, ctx) {
   const shown = h("span", { class: "muted", "data-testid": "version-shown" });
 
   const table = new DataTable({
-    testid: "versions-table", rowKey: (v) => v.id, sort: { key: "created_at", dir: -1 }, empty: "No versions yet.",
+    testid: "versions-table", rowKey: (v) => v.id, extraSig: (v) => `${names.get(v.device_id)}|${selected.has(v.id)}`, sort: { key: "created_at", dir: -1 }, empty: "No versions yet.",
     columns: [
       { key: "select", label: "", sortable: false, render: (v) => h("input", {
         type: "checkbox", "aria-label": `select ${v.id}`, "data-testid": `select-${v.id}`, checked: selected.has(v.id),
@@ -41,7 +41,7 @@ export function mount(view, params, ctx) {
       { key: "download_bytes", label: "Download", numeric: true, render: (v) => `${int(v.download_bytes)} B` },
       { key: "base", label: "Base", value: (v) => `${v.base_model}@${v.base_version}` },
       { key: "job_id", label: "Job", numeric: true },
-      { key: "created_at", label: "Created", render: (v) => h("span", { title: datetime(v.created_at) }, ago(v.created_at)) },
+      { key: "created_at", label: "Created", render: (v) => agoEl(v.created_at) },
       { key: "mlflow", label: "MLflow", sortable: false, render: (v) => (v.mlflow_url
         ? h("a", { href: v.mlflow_url, target: "_blank", rel: "noopener" }, `${v.mlflow_name || "run"} v${v.mlflow_version || "?"}`)
         : v.mlflow_run_id ? h("code", {}, v.mlflow_run_id.slice(0, 8)) : DASH) },
