@@ -28,6 +28,9 @@ from qsae_shared.manifest import ConfidenceProfile, FileEntry, Manifest, PolicyF
 
 BASE_MODEL = "fmnist-cnn"
 MLFLOW_UI = "http://127.0.0.1:5999"  # only used to build links; nothing listens there
+# What `seed` leaves: one device in each state the fleet page counts.
+SEEDED_STATES = {"cam-01": "healthy", "cam-02": "drifting", "cam-03": "retraining", "cam-04": "rolling_back",
+                 "cam-05": "offline", "cam-06": "healthy"}
 
 
 def _free_port() -> int:
@@ -184,6 +187,15 @@ def seed(live: LiveServer) -> None:
     # A rollout of the fleet-wide version to plant-b, first stage.
     op.post("/rollouts", json={"version_id": "fmnist-cnn-fleet-0001", "cohort": "plant-b", "stages": [0.5, 1.0],
                                "reason": "seed"}).raise_for_status()
+    # Telemetry is acknowledged before the writer's group commit updates the devices' rows.
+    deadline = time.monotonic() + 15
+    while True:
+        states = {x["name"]: x["state"] for x in op.get("/devices").json()["items"]}
+        if states == SEEDED_STATES:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"seeded devices did not reach their states: {states}")
+        time.sleep(0.1)
     op.close()
 
 
