@@ -23,3 +23,7 @@ class SignatureError(QsaeSharedError):
 
 class ScenarioError(QsaeSharedError, ValueError):
     """A device-distribution description is invalid."""
+
+
+class ArtifactError(QsaeSharedError):
+    """A model artifact is missing, does not match its manifest, or cannot be unpacked."""

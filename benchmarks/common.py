@@ -1,0 +1,177 @@
+"""What every pruning benchmark shares: the cached base model, calibration through sketches built
+by the agent's own code, evaluation in ONNX Runtime, progress tables, JSON and MLflow output.
+
+Calibration images come from the TRAINING split through the device distribution; evaluation uses
+the TEST split of the same distribution; validation (for the oracle sweep) uses the held-out
+training images the base model never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qsae_shared.data import Split, load_split, preprocess
+from qsae_shared.distributions import DeviceStream, sample
+from qsae_shared.sketch import Sketch, SketchBuilder, parse_sketch
+from workers import export, retrain, scenarios, training
+from workers.training import Checkpoint
+
+log = logging.getLogger(__name__)
+
+BENCH_DIR = Path(".fleet/bench")
+
+
+def parser(name: str, doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc)
+    p.add_argument("--json", type=Path, default=BENCH_DIR / f"{name}.json", help="where to write the rows")
+    p.add_argument("--quick", action="store_true", help="a small, fast run (minutes)")
+    p.add_argument("--seeds", type=int, default=1, help="repeat over this many seeds")
+    p.add_argument("--mlflow", default=None, help="also log every row as an MLflow run at this tracking URI")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the pruning work")
+    return p
+
+
+def setup(threads: int) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+
+
+def base_checkpoint() -> Checkpoint:
+    return training.load_base(progress=True)
+
+
+class BaseRuntime:
+    """The dense base as the agent runs it (int8 artifact in ONNX Runtime): it produces the stem
+    outputs and confidences the sketches carry."""
+
+    def __init__(self, ck: Checkpoint) -> None:
+        self.ck = ck
+        self.release = retrain.export_base(ck)
+        blob = self.release.files[retrain.MODEL_FILE]
+        from qsae_shared import artifact
+
+        self.session = export.session(artifact.to_onnx(artifact.unpack(blob)))
+        self.hist_edges = np.asarray(self.release.manifest.hist_edges, dtype=np.float32)
+
+    def sketches(self, scenario: str, seed: int, size: int = 512, window: int = 100) -> list[Sketch]:
+        """Uploads of one device on `scenario` (training images) until `size` samples exist."""
+        prof = scenarios.profile(scenario, seed=seed, device_id=f"bench-{scenario}-{seed}")
+        stream = DeviceStream(prof, split="train", role="calibration")
+        builder = SketchBuilder(prof.device_id, self.ck.name, self.hist_edges, seed=seed)
+        out: list[Sketch] = []
+        have = 0
+        now = 0.0
+        while have < size:
+            batch = stream.next_batch(window)
+            logits, stem = export.run(self.session, preprocess(batch.images))
+            now += window
+            builder.update(stem, _softmax(logits), now=now)
+            s = parse_sketch(builder.emit())
+            out.append(s)
+            have += s.num_samples
+        return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_set(scenario: str, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n test-split images of the scenario's distribution: ((n, 1, 28, 28) input, (n,) labels)."""
+    prof = scenarios.profile(scenario, seed=seed, device_id=f"bench-{scenario}-{seed}")
+    batch = DeviceStream(prof, split="test", role="eval").next_batch(n)
+    return preprocess(batch.images), batch.labels
+
+
+def validation_set(ck: Checkpoint, scenario: str, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n held-out TRAINING images (never trained on) through the scenario's distribution."""
+    train = load_split("train")
+    n_val = int(ck.config.get("validation_images", 5000))
+    held = Split(train.images[len(train) - n_val:], train.labels[len(train) - n_val:])
+    rng = np.random.default_rng(10_000 + seed)
+    x, y = sample(scenarios.SCENARIOS[scenario], n, held, rng)
+    return preprocess(x), y
+
+
+def onnx_accuracy(model_onnx: bytes, x: np.ndarray, y: np.ndarray) -> float:
+    logits, _ = export.run(export.session(model_onnx), x)
+    return float((logits.argmax(1) == y).mean())
+
+
+def artifact_accuracy(blob: bytes, x: np.ndarray, y: np.ndarray) -> float:
+    from qsae_shared import artifact
+
+    return onnx_accuracy(artifact.to_onnx(artifact.unpack(blob)), x, y)
+
+
+class Table:
+    """Prints rows as they come, with a fixed set of columns."""
+
+    def __init__(self, columns: list[tuple[str, str]]) -> None:
+        self.columns = columns
+        print("  ".join(f"{name[:12]:>12}" for name, _ in columns), flush=True)
+
+    def row(self, r: dict[str, Any]) -> None:
+        cells = []
+        for name, fmt in self.columns:
+            v = r.get(name)
+            try:
+                cells.append(f"{fmt.format(v):>12}" if v is not None else f"{'-':>12}")
+            except (ValueError, TypeError):
+                cells.append(f"{v!s:>12}")
+        print("  ".join(cells), flush=True)
+
+
+def progress(msg: str) -> None:
+    print(f"... {msg}", file=sys.stderr, flush=True)
+
+
+def clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        return clean(v.item())
+    if isinstance(v, dict):
+        return {k: clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [clean(x) for x in v]
+    return v
+
+
+def write_json(path: Path, name: str, rows: list[dict], **extra: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"benchmark": name, "rows": clean(rows), "created_at": time.time(), **clean(extra)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+    print(f"wrote {len(rows)} rows to {path}", flush=True)
+
+
+def log_mlflow(uri: str | None, experiment: str, rows: list[dict], params: tuple[str, ...],
+               metrics: tuple[str, ...]) -> None:
+    """One MLflow run per row: the row's params and metrics (numbers only)."""
+    if not uri:
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    for r in rows:
+        name = "/".join(str(r.get(k)) for k in params if r.get(k) is not None)
+        with mlflow.start_run(run_name=name[:250]):
+            mlflow.log_params({k: r.get(k) for k in params})
+            mlflow.log_metrics({k: float(r[k]) for k in metrics
+                                if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                and math.isfinite(float(r[k]))})
+    print(f"logged {len(rows)} runs to MLflow experiment {experiment!r} at {uri}", flush=True)

@@ -1,0 +1,139 @@
+"""int8 export: the pruned, shrunk network as the artifact a device pulls.
+
+Every weight is stored int8 (symmetric, per output channel, fp32 scales); the unstructured
+masks are bit-packed and only kept weights are stored; biases stay fp32. The graph is ONNX
+(`workers.onnx_graph`) with the stem's output as an extra output. Per layer the runtime computes
+in fp32 (weights dequantized at load) or int8 (QLinearConv / QGemm), whichever measures faster
+(`workers.runtime_choice`). The torch simulation of an artifact (`simulate`) computes what ONNX
+Runtime computes, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from qsae_shared import artifact
+from workers import nets, onnx_graph
+from workers.calibration import Calibration
+from workers.errors import ExportError
+from workers.masks import Pruned
+from workers.onnx_graph import ActQuant
+from workers.quantization import quantize
+
+log = logging.getLogger(__name__)
+
+
+def packed_tensors(net: nn.Sequential, spec: nets.Spec, masks: dict[int, torch.Tensor],
+                   compute: dict[int, str] | None = None) -> list[artifact.PackedTensor]:
+    """Every weight as int8 + scales (+ its mask when it has one), every bias as float32."""
+    compute = compute or {}
+    out = []
+    for i in nets.weighted_indices(spec):
+        w_name, b_name = onnx_graph.weight_names(i)
+        q, s = quantize(net[i].weight.detach())
+        mask = masks.get(i)
+        out.append(artifact.PackedTensor(w_name, q.numpy(), s.numpy(),
+                                         None if mask is None else mask.numpy(),
+                                         compute.get(i, "fp32")))
+        out.append(artifact.PackedTensor(b_name, net[i].bias.detach().numpy().astype(np.float32)))
+    return out
+
+
+def activation_quant(net: nn.Sequential, spec: nets.Spec, calib: Calibration,
+                     layers: list[int]) -> dict[int, ActQuant]:
+    """uint8 input (and conv output) ranges of int8-compute layers, from the calibration set."""
+    out: dict[int, ActQuant] = {}
+    h = calib.stem_out
+    with torch.no_grad():
+        for i in range(spec["stem_end"], len(spec["layers"])):
+            nxt = net[i](h)
+            if i in layers:
+                out[i] = ActQuant(*_uint8(h), *_uint8(nxt))
+            h = nxt
+    return out
+
+
+def _uint8(t: torch.Tensor) -> tuple[float, int]:
+    lo, hi = min(float(t.min()), 0.0), max(float(t.max()), 0.0)
+    scale = (hi - lo) / 255 if hi > lo else 1.0
+    return scale, round(-lo / scale)
+
+
+def build_artifact(pruned: Pruned, compute: dict[int, str] | None = None,
+                   act: dict[int, ActQuant] | None = None, meta: dict | None = None) -> bytes:
+    compute = compute or {}
+    graph = onnx_graph.build_graph(pruned.spec, compute, act).SerializeToString()
+    return artifact.pack(graph, packed_tensors(pruned.net, pruned.spec, pruned.masks, compute),
+                         meta)
+
+
+def session(model: bytes, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) inputs -> ((N, K) logits, (N, ...) stem outputs)."""
+    logits, stems = [], []
+    for i in range(0, len(x), batch):
+        lo, st = sess.run([onnx_graph.LOGITS, onnx_graph.STEM], {onnx_graph.INPUT: x[i:i + batch]})
+        logits.append(lo)
+        stems.append(st)
+    return np.concatenate(logits), np.concatenate(stems)
+
+
+def simulate(net: nn.Sequential, spec: nets.Spec, compute: dict[int, str] | None = None,
+             act: dict[int, ActQuant] | None = None) -> nn.Sequential:
+    """A torch network that computes what the artifact computes in ONNX Runtime: int8-stored
+    weights everywhere; int8-compute layers also round their input (and conv output) to uint8."""
+    sim = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        for i in nets.weighted_indices(spec):
+            q, s = quantize(sim[i].weight)
+            sim[i].weight.copy_(q.float() * s.view((-1,) + (1,) * (q.dim() - 1)))
+    layers: list[nn.Module] = []
+    for i, m in enumerate(sim):
+        if compute and compute.get(i) == "int8" and act is not None:
+            layers.append(_FakeQuantLayer(m, act[i]))
+        else:
+            layers.append(m)
+    return nn.Sequential(*layers).eval()
+
+
+class _FakeQuantLayer(nn.Module):
+    def __init__(self, layer: nn.Module, q: ActQuant) -> None:
+        super().__init__()
+        self.layer, self.q = layer, q
+
+    @staticmethod
+    def _fq(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+        return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._fq(x, self.q.x_scale, self.q.x_zero_point)
+        if isinstance(self.layer, nn.Conv2d):
+            y = nn.functional.conv2d(x, self.layer.weight, None, padding=self.layer.padding)
+            y = self._fq(y, self.q.y_scale, self.q.y_zero_point)
+            return y + self.layer.bias.view(1, -1, 1, 1)
+        return self.layer(x)
+
+
+def check_parity(model: bytes, sim: nn.Sequential, x: np.ndarray, atol: float = 1e-3) -> float:
+    """Max |logit difference| between ONNX Runtime and the torch simulation on x."""
+    logits, _ = run(session(model), x)
+    with torch.no_grad():
+        ref = sim(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(logits - ref).max())
+    if not np.isfinite(diff):
+        raise ExportError("the exported model produces NaN or Inf")
+    return diff

@@ -1,0 +1,166 @@
+"""Label-free recovery of the kept weights from the calibration set alone.
+
+`lsq`: layer by layer in network order, each pruned layer's kept weights are re-fitted by ridge
+least squares so that, on the pruned network's own inputs at that layer, it reproduces the dense
+layer's outputs (pre-activation) on the dense inputs (sequential, as in OBC/SparseGPT: later
+layers correct what earlier pruning changed). Each output row is solved over its kept columns:
+    (X_S^T X_S + l I) w_S = X_S^T y + l w0_S,   l = damp * mean(diag X^T X),
+so a row with fewer samples than kept inputs stays close to its pruned weights w0. Each layer is
+rounded to int8 before the next one is fitted, so later layers also absorb the rounding.
+
+`distill`: a few Adam steps on the kept weights of every pruned layer, minimizing
+KL(softmax(dense logits) || softmax(pruned logits)) on the calibration stem outputs.
+
+Either can be switched off for ablations.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers import nets
+from workers.calibration import Calibration
+from workers.masks import Pruned
+from workers.quantization import round_trip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    lsq: bool = True  # layer-wise least-squares re-fit
+    distill_steps: int = 0  # Adam steps of output distillation after the re-fit (0 = off)
+    damp: float = 0.01  # ridge strength relative to the mean diagonal of X^T X
+    max_rows: int = 8192  # at most this many input vectors per layer (conv positions are many)
+    quantize: bool = True  # round each re-fitted layer to int8 before fitting the next
+    distill_lr: float = 5e-4  # Adam learning rate of the distillation
+    distill_batch: int = 128  # calibration samples per distillation step
+    seed: int = 0  # subsampling seed
+
+    @property
+    def name(self) -> str:
+        parts = (["lsq"] if self.lsq else []) + (["distill"] if self.distill_steps else [])
+        return "+".join(parts) or "none"
+
+
+def _design(layer: nn.Module, x: torch.Tensor, rows: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Input vectors of a layer: (M, D) and, for conv, the (N, L) positions picked (for targets)."""
+    if isinstance(layer, nn.Conv2d):
+        cols = F.unfold(x, layer.kernel_size, padding=layer.padding)  # (N, D, L)
+        n, _d, ell = cols.shape
+        pick = torch.randperm(n * ell, generator=gen)[:rows] if n * ell > rows else torch.arange(n * ell)
+        return cols[pick // ell, :, pick % ell], pick  # (M, D)
+    return x.reshape(x.shape[0], -1), None
+
+
+def _targets(out: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:
+    """Dense layer outputs (N, C, H, W) or (N, C) -> (M, C) aligned with `_design`."""
+    if out.dim() == 4:
+        flat = out.reshape(out.shape[0], out.shape[1], -1)  # (N, C, L)
+        if pick is None:
+            return flat.permute(0, 2, 1).reshape(-1, out.shape[1])
+        return flat[pick // flat.shape[2], :, pick % flat.shape[2]]  # (M, C)
+    return out
+
+
+@torch.no_grad()
+def refit_layer(layer: nn.Module, mask: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor,
+                damp: float) -> None:
+    """Ridge re-fit of `layer` (weights + bias) so that layer(x) ~= y, kept weights only.
+    x: (M, D) inputs, y: (M, out) targets."""
+    w0 = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()  # (out, D)
+    out, d = w0.shape
+    a = torch.cat([x.float(), torch.ones(len(x), 1)], 1)  # (M, D+1)
+    gram = (a.T @ a).double()  # (D+1, D+1), float32 products, solved in float64
+    rhs = (a.T @ y.float()).double()  # (D+1, out)
+    lam = damp * float(torch.diagonal(gram)[:d].mean().clamp_min(1e-12))
+    w0b = torch.cat([w0, layer.bias.detach().double()[:, None]], 1)  # (out, D+1)
+    m = (mask.reshape(out, -1) if mask is not None else torch.ones(out, d, dtype=torch.bool))
+    m = torch.cat([m, torch.ones(out, 1, dtype=torch.bool)], 1)  # bias always kept
+    new = torch.zeros_like(w0b)
+    # Rows sharing a mask share one factorization.
+    keys: dict[bytes, list[int]] = {}
+    for i in range(out):
+        keys.setdefault(np.packbits(m[i].numpy()).tobytes(), []).append(i)
+    for idx in keys.values():
+        s = m[idx[0]].nonzero().squeeze(1)  # kept columns of these rows
+        lhs = gram[s[:, None], s[None, :]]
+        lhs.diagonal().add_(lam)
+        b = rhs[s][:, idx] + lam * w0b[idx][:, s].T  # (|S|, r)
+        chol, info = torch.linalg.cholesky_ex(lhs)
+        sol = torch.cholesky_solve(b, chol) if int(info) == 0 else torch.linalg.lstsq(lhs, b).solution
+        new[np.ix_(idx, s.numpy())] = sol.T
+    layer.weight.copy_(new[:, :d].reshape(layer.weight.shape).to(layer.weight.dtype))
+    layer.bias.copy_(new[:, d].to(layer.bias.dtype))
+
+
+@torch.no_grad()
+def least_squares(pruned: Pruned, dense: nn.Sequential, dense_spec: nets.Spec, calib: Calibration,
+                  cfg: RecoveryConfig) -> None:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    h_p = calib.stem_out  # pruned path
+    h_d = calib.stem_out  # dense path
+    for i in range(dense_spec["stem_end"], len(dense_spec["layers"])):
+        layer_p, layer_d = pruned.net[i], dense[i]
+        if isinstance(layer_p, (nn.Conv2d, nn.Linear)):
+            y_full = layer_d(h_d)  # (N, C_dense, ...)
+            rows = pruned.keep.get(i)
+            y_kept = y_full[:, torch.from_numpy(rows)] if rows is not None else y_full
+            x, pick = _design(layer_p, h_p, cfg.max_rows, gen)
+            refit_layer(layer_p, pruned.masks.get(i), x, _targets(y_kept, pick), cfg.damp)
+            if cfg.quantize:
+                layer_p.weight.copy_(round_trip(layer_p.weight))
+            h_d = y_full
+            h_p = layer_p(h_p)
+        else:
+            h_d = layer_d(h_d)
+            h_p = layer_p(h_p)
+
+
+def distill(pruned: Pruned, calib: Calibration, cfg: RecoveryConfig, stem_end: int) -> None:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    head = pruned.net[stem_end:]
+    params = [p for m in head if isinstance(m, (nn.Conv2d, nn.Linear)) for p in (m.weight, m.bias)]
+    opt = torch.optim.Adam(params, lr=cfg.distill_lr)
+    target = F.log_softmax(calib.logits, dim=1)  # (N, K)
+    head.train()
+    for _ in range(cfg.distill_steps):
+        idx = torch.randint(calib.size, (min(cfg.distill_batch, calib.size),), generator=gen)
+        logp = F.log_softmax(head(calib.stem_out[idx]), dim=1)
+        loss = F.kl_div(logp, target[idx], log_target=True, reduction="batchmean")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        pruned.enforce()
+    head.eval()
+    if cfg.quantize:
+        with torch.no_grad():
+            for m in head:
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    m.weight.copy_(round_trip(m.weight))
+
+
+def recover(pruned: Pruned, dense: nn.Sequential, dense_spec: nets.Spec, calib: Calibration,
+            cfg: RecoveryConfig) -> None:
+    """Re-fit the kept weights of `pruned` in place (masked weights stay zero)."""
+    if cfg.lsq:
+        least_squares(pruned, dense, dense_spec, calib, cfg)
+    if cfg.distill_steps:
+        distill(pruned, calib, cfg, dense_spec["stem_end"])
+    if not cfg.lsq and not cfg.distill_steps and cfg.quantize:
+        quantize_weights(pruned, dense_spec["stem_end"])
+    pruned.enforce()
+
+
+@torch.no_grad()
+def quantize_weights(pruned: Pruned, stem_end: int) -> None:
+    """Round every weight after the stem to int8 (what the artifact will store)."""
+    for m in pruned.net[stem_end:]:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.weight.copy_(round_trip(m.weight))
