@@ -5,6 +5,7 @@ and pages update live."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -116,6 +117,9 @@ def test_fleet_page_shows_the_api_figures(open_session, fleet: LiveServer) -> No
         labelled, estimated = recent_accuracy(api.get(f"/devices/{dev_id}").json()["telemetry"])
         expect(row.locator('[data-col="labelled"]')).to_have_text(pct(labelled))
         expect(row.locator('[data-col="estimated"]')).to_have_text(pct(estimated))
+    # Fleet series from the devices' telemetry: 30 one-minute windows per reporting device.
+    expect(s.testid("fleet-accuracy-chart")).to_have_attribute("data-points", re.compile(r"^labelled:\d+,estimated:\d+$"))
+    expect(s.testid("fleet-compression-chart")).to_have_attribute("data-points", re.compile(r"^mean compression:\d+$"))
     # The seeded fleet has one device in each tile's state: a tile filters the table to it.
     s.testid("tile-drifting").click()
     expect(table.locator("tbody tr[data-key]")).to_have_count(summary["by_state"]["drifting"])
