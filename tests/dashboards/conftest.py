@@ -4,13 +4,13 @@ test, and a page that records console errors, page errors and failed requests.""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.dashboards.fleet_server import LiveServer, live_server, seed
 
@@ -19,8 +19,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Fast polling so live updates show within a second (the default is 5 s).
 POLL_MS = 500
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +30,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    with playwright_sync.sync_playwright() as p:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make system` installs it (apt-get install -y chromium); "
+                    "never `playwright install`", pytrace=False)
+    with sync_playwright() as p:
         # Playwright starts Chromium on a fresh temporary user-data dir; each test gets its own
         # context (cookies, sessionStorage) on top.
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

@@ -291,3 +291,23 @@ def test_signed_out_visitors_are_sent_to_login(open_session, route: str) -> None
     s.goto(route)
     expect(s.testid("login-form")).to_be_visible()
     assert httpx.get(s.base.replace("/dashboard/", "/api/v1/devices"), timeout=5).status_code == 401
+
+
+def test_operator_pins_and_unpins_a_version(open_session, fleet: LiveServer) -> None:
+    s = open_session("operator")
+    api = fleet.api("operator")
+    dev = fleet.devices["cam-05"]
+    device_page(s, fleet, "cam-05")
+    s.testid("action-pin").click()
+    dialog = s.page.locator("dialog[open]")
+    dialog.locator('select[name="version_id"]').select_option("fmnist-cnn-fleet-0001")
+    dialog.locator('input[name="reason"]').fill("hold for the audit")
+    dialog.get_by_role("button", name="Pin").click()
+    expect(s.testid("device-state")).to_contain_text("pinned")
+    d = api.get(f"/devices/{dev}").json()["device"]
+    assert d["pinned"] is True and d["desired_version"] == "fmnist-cnn-fleet-0001"
+    expect(s.testid("device-info")).to_contain_text("fmnist-cnn-fleet-0001")
+    s.testid("action-unpin").click()
+    expect(s.testid("device-state")).not_to_contain_text("pinned")
+    assert api.get(f"/devices/{dev}").json()["device"]["pinned"] is False
+    assert s.console.unexpected() == []

@@ -40,8 +40,30 @@ function markerPlugin(getMarkers) {
   };
 }
 
-// spec: {series: [{label, points: [[t, y], ...], color?, scale?}], markers?: [{t, label}],
-//        yLabel?, yFormat?(v) -> string, yRange?: [min, max], y2Label?, y2Format?}
+// Axis ticks get as many decimals as their spacing needs (87.5 / 88.0 / 88.5 %, not 88 / 88 / 88 %);
+// the legend shows one decimal.
+const UNITS = {
+  pct: { scale: 100, suffix: " %" },
+  ratio: { scale: 1, suffix: "×" },
+  plain: { scale: 1, suffix: "" },
+};
+
+function tickFormatter(unit) {
+  const { scale, suffix } = UNITS[unit] || UNITS.plain;
+  return (u, vals) => {
+    const step = vals.length > 1 ? Math.abs(vals[1] - vals[0]) * scale : 1;
+    const digits = step > 0 && step < 1 ? Math.min(4, Math.ceil(-Math.log10(step) - 1e-9)) : 0;
+    return vals.map((v) => (v === null ? "" : `${(v * scale).toFixed(digits)}${suffix}`));
+  };
+}
+
+function valueFormatter(unit) {
+  const { scale, suffix } = UNITS[unit] || UNITS.plain;
+  return (v) => (v === null || v === undefined ? "—" : `${(v * scale).toFixed(1)}${suffix}`);
+}
+
+// spec: {series: [{label, points: [[t, y], ...], color?}], markers?: [{t, label}],
+//        yUnit?: "pct" | "ratio" | "plain", yLabel?, yRange?: [min, max], empty?: string}
 export class TimeChart {
   constructor(container, { height = 220, testid } = {}) {
     this.container = container;
@@ -64,21 +86,20 @@ export class TimeChart {
     this.container.dataset.points = series.map((s) => `${s.label}:${s.points.length}`).join(",");
     if (!series.length) {
       this.destroyPlot();
-      replace(this.container, h("div", { class: "chart-empty", "data-testid": this.testid }, spec.empty ||
+      replace(this.container, h("div", { class: "chart-empty", "data-testid": `${this.testid}-empty` }, spec.empty ||
         "No data yet."));
       return;
     }
     const tables = series.map((s) => [s.points.map((p) => p[0]), s.points.map((p) => p[1])]);
     const data = tables.length === 1 ? tables[0] : uPlot.join(tables);
-    const key = JSON.stringify(series.map((s) => [s.label, s.scale || "y"]));
+    const key = JSON.stringify([spec.yUnit, series.map((s) => s.label)]);
     if (this.u && key === this.key) {
       this.u.setData(data);
       return;
     }
     this.destroyPlot();
     this.key = key;
-    const hasY2 = series.some((s) => s.scale === "y2");
-    const fmt = spec.yFormat || ((v) => v);
+    const fmt = valueFormatter(spec.yUnit);
     const opts = {
       width: widthOf(this.container),
       height: this.height,
@@ -86,26 +107,17 @@ export class TimeChart {
       scales: {
         x: { time: true },
         y: spec.yRange ? { range: spec.yRange } : { auto: true },
-        ...(hasY2 ? { y2: { auto: true } } : {}),
       },
-      axes: [
-        {},
-        { label: spec.yLabel, values: (u, vals) => vals.map((v) => (v === null ? "" : fmt(v))), size: 60 },
-        ...(hasY2
-          ? [{ scale: "y2", side: 1, label: spec.y2Label, grid: { show: false }, size: 60,
-            values: (u, vals) => vals.map((v) => (v === null ? "" : (spec.y2Format || fmt)(v))) }]
-          : []),
-      ],
+      axes: [{}, { label: spec.yLabel, values: tickFormatter(spec.yUnit), size: 64 }],
       series: [
         { value: (u, v) => (v === null ? "" : new Date(v * 1000).toISOString().slice(0, 19).replace("T", " ")) },
         ...series.map((s, i) => ({
           label: s.label,
-          scale: s.scale || "y",
           stroke: s.color || COLORS[i % COLORS.length],
           width: 2,
           spanGaps: true,
           points: { show: s.points.length < 60 },
-          value: (u, v) => (v === null || v === undefined ? "—" : (s.scale === "y2" ? spec.y2Format || fmt : fmt)(v)),
+          value: (u, v) => fmt(v),
         })),
       ],
       plugins: [markerPlugin(() => this.markers)],
@@ -147,7 +159,7 @@ export class BarChart {
     if (!values || !values.length) {
       if (this.u) this.u.destroy();
       this.u = null;
-      replace(this.container, h("div", { class: "chart-empty", "data-testid": this.testid }, empty));
+      replace(this.container, h("div", { class: "chart-empty", "data-testid": `${this.testid}-empty` }, empty));
       return;
     }
     const data = [values.map((_, i) => i), values];

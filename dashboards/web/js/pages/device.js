@@ -91,6 +91,7 @@ export function mount(view, { deviceId }, ctx) {
   const compChart = new TimeChart(compEl, { testid: "device-compression-plot" });
   const impChart = new BarChart(impEl, { testid: "device-importance-plot" });
   let versions = [];
+  let pinnable = []; // this device's versions and fleet-wide ones of its base model that can be assigned
 
   async function refresh() {
     const [detail, allVersions, policies] = await Promise.all([
@@ -109,6 +110,10 @@ export function mount(view, { deviceId }, ctx) {
     btnRollback.title = device.previous_version ? `back to ${device.previous_version}` : "no previous version to go back to";
 
     const ratios = new Map(allVersions.items.map((v) => [v.id, v.compression_ratio]));
+    pinnable = allVersions.items.filter((v) => (v.device_id === device.id || (!v.device_id && v.base_model === device.base_model))
+      && v.status !== "rejected" && v.status !== "retired");
+    btnPin.disabled = revoked || !pinnable.length;
+    btnPin.title = pinnable.length ? "" : "no version of this device or fleet-wide version can be assigned yet";
     const acc = model.recentAccuracy(detail.telemetry);
     const fig = (label, value, testid) => h("div", { class: "figure", "data-testid": testid },
       h("span", { class: "v" }, value), h("span", { class: "l" }, label));
@@ -144,11 +149,11 @@ export function mount(view, { deviceId }, ctx) {
     const s = model.deviceSeries(detail.telemetry, (id) => ratios.get(id));
     accChart.update({
       series: [{ label: "labelled", points: s.labelled }, { label: "estimated", points: s.estimated }],
-      markers: s.markers, yFormat: (v) => `${(v * 100).toFixed(0)} %`, empty: "No telemetry yet.",
+      markers: s.markers, yUnit: "pct", empty: "No telemetry yet.",
     });
     compChart.update({
       series: [{ label: "compression", points: s.compression, color: "#3a9a5b" }],
-      markers: s.markers, yFormat: (v) => `${v.toFixed(1)}×`,
+      markers: s.markers, yUnit: "ratio",
       empty: "The device has not reported running a pruned version yet.",
     });
     const imp = model.importanceOf(versions);
@@ -198,10 +203,11 @@ export function mount(view, { deviceId }, ctx) {
   }
 
   async function pin(versionId) {
-    const options = versions.filter((x) => x.status !== "rejected" && x.status !== "retired")
-      .map((x) => ({ value: x.id, label: `${x.id} (${ratio(x.compression_ratio)})` }));
+    const options = pinnable.map((x) => ({
+      value: x.id, label: `${x.id} (${ratio(x.compression_ratio)}${x.device_id ? "" : ", fleet-wide"})`,
+    }));
     if (!versionId && !options.length) {
-      toast("No version of this device can be pinned yet.", "error");
+      toast("No version can be pinned to this device yet.", "error");
       return;
     }
     const v = await formDialog({

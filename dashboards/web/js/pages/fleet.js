@@ -149,12 +149,12 @@ export function mount(view, params, ctx) {
         { label: "labelled", points: series.labelled },
         { label: "estimated", points: series.estimated },
       ],
-      yFormat: (v) => `${(v * 100).toFixed(0)} %`,
+      yUnit: "pct",
       empty: "No telemetry yet.",
     });
     comp.update({
       series: [{ label: "mean compression", points: series.compression, color: "#3a9a5b" }],
-      yFormat: (v) => `${v.toFixed(1)}×`,
+      yUnit: "ratio",
       empty: "No device has reported running a pruned version yet.",
     });
     const n = devs.items.filter((d) => d.state !== "revoked").length;
