@@ -40,7 +40,6 @@ from control_plane.settings import Settings, get_settings
 from control_plane.token_cache import TokenCache
 
 logger = logging.getLogger(__name__)
-API_PREFIX = "/api/v1"
 
 DESCRIPTION = """\
 QSAE Fleet control plane. **Devices** (bearer device token, `qd_...`) enroll, send telemetry and
@@ -72,10 +71,13 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
         ctx = AppContext(settings=settings, db=db, bus=bus, writer=writer, tokens=tokens, store=store,
                          signer=signer, metrics=metrics)
         try:
-            await tokens.start()
-            if settings.bootstrap_admin_key:
-                await db.run(auth.ensure_api_key, secret=settings.bootstrap_admin_key, role="admin",
-                             name="bootstrap admin")
+            try:
+                await tokens.start()
+                if settings.bootstrap_admin_key:
+                    await db.run(auth.ensure_api_key, secret=settings.bootstrap_admin_key, role="admin",
+                                 name="bootstrap admin")
+            except Exception as exc:  # keep serving: /readyz says what is wrong
+                logger.error("database not ready (%s); run `qsae-fleet db upgrade`", exc)
             await writer.start()
             app.state.ctx = ctx
             logger.info("control plane ready (database %s, redis %s)", db.dialect,
@@ -94,7 +96,7 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
     hot = (telemetry, noop) if settings.noop_endpoint else (telemetry,)
     for module in (*hot, assignment, sketches, device_events, artifacts, enroll, devices, fleet, jobs,
                    versions, policies, rollouts, apikeys):
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(module.router)
     app.include_router(health.router)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,

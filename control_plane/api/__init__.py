@@ -1,0 +1,3 @@
+"""HTTP layer: routes, dependencies, error handlers."""
+
+API_PREFIX = "/api/v1"

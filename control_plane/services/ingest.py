@@ -151,7 +151,6 @@ class TelemetryWriter:
                             await self._write([p])
                         except Exception as one_exc:
                             self._fail(p, one_exc)
-            await self._flush_touches_logged()
 
     def _fail(self, p: _Pending, exc: Exception) -> None:
         logger.error("telemetry write for device %s failed: %s", p.device_id, exc,
@@ -173,6 +172,7 @@ class TelemetryWriter:
             prev = self._touches.get(device_id)
             version = r.deployed_version if r.deployed_version is not None else (prev[1] if prev else None)
             self._touches[device_id] = (now, version)
+        await self._flush_touches_logged()  # when due; before the acks, so a client sees its last_seen
         for p in batch:
             if not p.future.done():
                 p.future.set_result([r.seq for r in p.records])
@@ -193,13 +193,15 @@ class TelemetryWriter:
                                      r.latency_p50_ms, r.latency_p95_ms, r.deployed_version, r.outbox_dropped),
                               strict=True):
                 col.append(v)
-        conn = await self._connection()
+        import asyncpg
+
         try:  # one statement = one implicit transaction, committed at default durability
+            conn = await self._connection()
             await conn.execute(_PG_INSERT, now, *cols)
-        except Exception:
-            if conn.is_closed():
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            if self._pg is not None and self._pg.is_closed():
                 self._pg = None
-            raise
+            raise UnavailableError(f"the database is unavailable ({type(exc).__name__}); retry shortly") from exc
 
     async def _write_sqlalchemy(self, now: dt.datetime, records: list[tuple[str, TelemetryRecord]]) -> None:
         rows = [{"device_id": d, "seq": r.seq, "uuid": r.uuid, "received_at": now, "window_start": r.window_start,

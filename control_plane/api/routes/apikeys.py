@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Admin, Ctx, Viewer
 from control_plane.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditPublic
 from control_plane.services import audit, auth
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(prefix=API_PREFIX, tags=["admin"])
 
 
 @router.post("/apikeys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)

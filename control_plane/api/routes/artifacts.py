@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse, Response
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, CurrentPrincipal
 from control_plane.artifacts import check_sha256
 from control_plane.errors import NotFoundError
 
-router = APIRouter(tags=["device"])
+router = APIRouter(prefix=API_PREFIX, tags=["device"])
 SHA_PATTERN = r"^[0-9a-f]{64}$"
 
 

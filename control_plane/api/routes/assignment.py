@@ -9,10 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, CurrentDevice
 from control_plane.services import devices
 
-router = APIRouter(tags=["device"])
+router = APIRouter(prefix=API_PREFIX, tags=["device"])
 RECHECK_WITH_REDIS_S = 10.0  # re-read the DB this often even when notifications flow (lost messages)
 RECHECK_POLLING_S = 1.0  # without Redis, changes made by other processes are found by polling
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, CurrentDevice
 from control_plane.schemas import DeviceEventBatch, EventAck
 from control_plane.services import events
 
-router = APIRouter(tags=["device"])
+router = APIRouter(prefix=API_PREFIX, tags=["device"])
 
 
 @router.post("/devices/{device_id}/events", response_model=EventAck,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, status
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Operator, Viewer
 from control_plane.schemas import (
     DeviceCreate,
@@ -28,7 +29,7 @@ from control_plane.schemas import (
 )
 from control_plane.services import devices, jobs
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+router = APIRouter(prefix=f"{API_PREFIX}/devices", tags=["devices"])
 
 
 @router.post("", response_model=DeviceCreated, status_code=status.HTTP_201_CREATED,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx
 from control_plane.schemas import EnrollRequest, EnrollResponse
 from control_plane.services import devices
 
-router = APIRouter(tags=["device"])
+router = APIRouter(prefix=API_PREFIX, tags=["device"])
 
 
 @router.post("/enroll", response_model=EnrollResponse,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Viewer
 from control_plane.schemas import FleetSummary
 from control_plane.services import fleet
 
-router = APIRouter(prefix="/fleet", tags=["fleet"])
+router = APIRouter(prefix=f"{API_PREFIX}/fleet", tags=["fleet"])
 
 
 @router.get("/summary", response_model=FleetSummary)

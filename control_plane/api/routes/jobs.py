@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Operator, Viewer
 from control_plane.schemas import JobList, JobPublic, JobStatus
 from control_plane.services import jobs
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
 
 
 @router.get("", response_model=JobList)

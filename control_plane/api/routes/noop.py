@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from control_plane.api import API_PREFIX
 from control_plane.schemas import TelemetryAck, TelemetryBatch
 
-router = APIRouter(tags=["ops"], include_in_schema=False)
+router = APIRouter(prefix=API_PREFIX, tags=["ops"], include_in_schema=False)
 
 
 @router.post("/_noop", response_model=TelemetryAck)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, status
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Admin, Ctx, Operator, Viewer
 from control_plane.schemas import PolicyPublic, PolicyValues
 from control_plane.services import policies
 
-router = APIRouter(prefix="/policies", tags=["policies"])
+router = APIRouter(prefix=f"{API_PREFIX}/policies", tags=["policies"])
 NamePath = Path(min_length=1, max_length=100, description="`default` or a cohort name")
 
 

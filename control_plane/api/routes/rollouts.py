@@ -7,11 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Operator, Viewer
 from control_plane.schemas import RolloutAction, RolloutCreate, RolloutPublic
 from control_plane.services import rollouts
 
-router = APIRouter(prefix="/rollouts", tags=["rollouts"])
+router = APIRouter(prefix=f"{API_PREFIX}/rollouts", tags=["rollouts"])
 
 
 def _with_count(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, CurrentDevice
 from control_plane.errors import PayloadTooLargeError, PermissionDeniedError, ValidationFailedError
 from control_plane.schemas import SketchAck
@@ -11,7 +12,7 @@ from control_plane.services import sketches
 from qsae_shared.errors import SizeLimitError, WireFormatError
 from qsae_shared.sketch import SketchLimits, parse_sketch
 
-router = APIRouter(tags=["device"])
+router = APIRouter(prefix=API_PREFIX, tags=["device"])
 
 
 @router.post(

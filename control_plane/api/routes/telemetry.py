@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, CurrentDevice
 from control_plane.errors import ValidationFailedError
 from control_plane.schemas import TelemetryAck, TelemetryBatch
 
-router = APIRouter(tags=["device"])
+router = APIRouter(prefix=API_PREFIX, tags=["device"])
 
 
 @router.post("/devices/{device_id}/telemetry", response_model=TelemetryAck,

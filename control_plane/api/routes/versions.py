@@ -6,11 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Operator, Viewer
 from control_plane.schemas import VersionList, VersionPublic, VersionStatus, VersionStatusUpdate
 from control_plane.services import versions
 
-router = APIRouter(prefix="/versions", tags=["versions"])
+router = APIRouter(prefix=f"{API_PREFIX}/versions", tags=["versions"])
 
 
 def _public(ctx: Ctx, v: Any) -> VersionPublic:

@@ -1,0 +1,177 @@
+"""The service around the endpoints: health and readiness, metrics, error mapping (500 stays a
+500), rate limits, Redis-less operation, the group-commit writer, migrations, the CLI, and the
+import-weight promise (no torch, no ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from conftest import REDIS_URL
+from cp_helpers import bearer, make_device, make_version, record
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from typer.testing import CliRunner
+
+from control_plane.db.engine import make_sync_engine
+from control_plane.db.models import Base, Telemetry
+from control_plane.main import create_app
+from control_plane.schemas import TelemetryRecord
+from control_plane.services import fleet
+from control_plane.settings import Settings
+
+
+def test_healthz_and_readyz(client):
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "redis": "ok", "telemetry_writer": "ok"}
+
+
+def test_readyz_fails_without_redis_or_schema(settings, tmp_path):
+    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(broken)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["redis"].startswith("unavailable")
+    unmigrated = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}", "redis_url": None})
+    with TestClient(create_app(unmigrated)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "qsae-fleet db upgrade" in r.json()["checks"]["database"]
+
+
+def test_metrics_exposes_requests_ingest_queue_jobs_and_states(client, keys, device, store):
+    client.post(f"/api/v1/devices/{device.id}/telemetry", headers=device.auth, json={"records": [record(0)]})
+    store.enqueue_job(device.id, "retrain", "m1", "test")
+    text = client.get("/metrics").text
+    assert 'qsae_http_requests_total{method="POST",route="/api/v1/devices/{device_id}/telemetry",status="200"} 1.0' in text
+    assert 'qsae_ingest_records_total{kind="telemetry"} 1.0' in text
+    assert "qsae_job_queue_depth 1.0" in text and 'qsae_jobs{status="queued"} 1.0' in text
+    assert 'qsae_devices{state="retraining"} 1.0' in text
+
+
+def test_unexpected_error_is_a_logged_500(client, keys, monkeypatch, caplog):
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(fleet, "summary", boom)
+    with caplog.at_level(logging.ERROR):
+        r = client.get("/api/v1/fleet/summary", headers=bearer(keys["viewer"]))
+    assert r.status_code == 500 and "disk on fire" not in r.text
+    assert any("disk on fire" in (rec.exc_text or "") or "disk on fire" in str(rec.exc_info) for rec in caplog.records)
+
+
+def test_lost_database_is_503(client, keys, monkeypatch):
+    def down(*a, **k):  # type: ignore[no-untyped-def]
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(fleet, "summary", down)
+    r = client.get("/api/v1/fleet/summary", headers=bearer(keys["viewer"]))
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+
+
+@pytest.mark.parametrize("redis", [True, False])
+def test_rate_limit_is_429_with_retry_after(settings, redis):
+    limited = settings.model_copy(update={"rate_limit_per_minute": 3, "redis_url": REDIS_URL if redis else None,
+                                          "redis_prefix": f"{settings.redis_prefix}{uuid.uuid4().hex[:4]}:"})
+    with TestClient(create_app(limited)) as c:
+        from control_plane.services import auth
+        from control_plane.services.store import FleetStore
+
+        st = FleetStore(limited)
+        key = st.db.run(auth.create_api_key, name="o", role="operator", actor="t")[1]
+        st.close()
+        d = make_device(c, {"operator": key})
+        url = f"/api/v1/devices/{d.id}/assignment"
+        codes = [c.get(url, headers=d.auth).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        r = c.get(url, headers=d.auth)
+        assert 1 <= int(r.headers["retry-after"]) <= 60 and "slow down" in r.json()["detail"]
+
+
+def test_long_poll_without_redis_finds_changes_by_polling(settings):
+    plain = settings.model_copy(update={"redis_url": None})
+    with TestClient(create_app(plain)) as c:
+        from control_plane.services import auth
+        from control_plane.services.store import FleetStore
+
+        st = FleetStore(plain)
+        key = st.db.run(auth.create_api_key, name="o", role="operator", actor="t")[1]
+        d = make_device(c, {"operator": key})
+        url = f"/api/v1/devices/{d.id}/assignment"
+        etag = c.get(url, headers=d.auth).headers["etag"]
+        v = make_version(st, "v-poll", d.id)
+        import threading
+
+        threading.Timer(0.3, lambda: st.set_desired_version(d.id, v, reason="no redis")).start()
+        t0 = time.monotonic()
+        r = c.get(url + "?wait=10", headers={**d.auth, "If-None-Match": etag})
+        assert r.status_code == 200 and r.json()["desired_version"] == v and time.monotonic() - t0 < 3
+        st.close()
+
+
+def test_writer_acks_only_what_it_stored_and_isolates_a_bad_request(client, device, store):
+    writer = client.app.state.ctx.writer
+
+    def rec(seq: int) -> TelemetryRecord:
+        return TelemetryRecord(**record(seq))
+
+    async def many() -> list[object]:
+        good = [writer.submit(device.id, [rec(i)]) for i in range(100)]
+        bad = writer.submit("d-ghost", [rec(0)])  # no such device: a foreign-key violation
+        return await asyncio.gather(*good, bad, return_exceptions=True)
+
+    results = client.portal.call(many)
+    assert results[:100] == [[i] for i in range(100)]
+    assert isinstance(results[100], Exception) and "foreign key" in str(results[100]).lower()
+    stored = store.db.run(lambda s: s.scalar(select(func.count()).select_from(Telemetry)))
+    assert stored == 100
+
+
+def test_migrations_match_the_models(db_url):
+    engine = make_sync_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_cli_db_upgrade_and_apikey(tmp_path, monkeypatch):
+    from control_plane.cli import app
+    from control_plane.settings import get_settings
+
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("FLEET_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        up = runner.invoke(app, ["db", "upgrade"])
+        assert up.exit_code == 0 and "revision 0001" in up.output
+        made = runner.invoke(app, ["apikey", "create", "--role", "viewer", "--name", "ci"])
+        key = json.loads(made.output)
+        assert key["role"] == "viewer" and key["api_key"].startswith("qk_")
+        dev = runner.invoke(app, ["device", "create", "cam-cli", "--base-model", "m", "--label", "cohort=x"])
+        assert json.loads(dev.output)["enrollment_token"].startswith("qe_")
+        assert runner.invoke(app, ["apikey", "create", "--role", "king"]).exit_code != 0
+        with TestClient(create_app(Settings(state_dir=tmp_path))) as c:
+            assert c.get("/api/v1/devices", headers=bearer(key["api_key"])).json()["total"] == 1
+    finally:
+        get_settings.cache_clear()
+
+
+def test_importing_the_app_loads_neither_torch_nor_ray():
+    code = ("import sys, control_plane.main, control_plane.services.store, control_plane.cli; "
+            "control_plane.main.create_app; "
+            "bad = [m for m in ('torch', 'ray', 'mlflow') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    env = {**os.environ, "FLEET_TOKEN_CACHE_TTL_S": "5"}  # invalid: settings must not be built at import
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
