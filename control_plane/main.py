@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+import dashboards
 from control_plane.api import errors
 from control_plane.api.context import AppContext
 from control_plane.api.routes import (
@@ -98,8 +99,20 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
                    versions, policies, rollouts, apikeys):
         app.include_router(module.router)
     app.include_router(health.router)
+    _mount_dashboard(app)
+    dashboards.mount(app)  # the operator UI under /dashboard (static files, no torch)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_sketch_bytes=settings.max_sketch_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _mount_dashboard(app: FastAPI) -> None:
+    """The operator UI (`dashboards/`) under /dashboard/, when it is installed."""
+    try:
+        from dashboards import mount
+    except ImportError:
+        logger.info("no dashboards package: serving the API only")
+        return
+    mount(app)

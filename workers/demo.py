@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 logger = logging.getLogger(__name__)
-console = Console()
+console = Console(width=max(Console().width, 120))
 
 STATE = Path(".fleet")
 
@@ -130,7 +130,8 @@ def run_demo(quick: bool = False) -> None:
     tracker = Tracker(str(settings.mlflow_tracking_uri), (STATE / "mlartifacts").resolve())
     stop = threading.Event()
     dispatcher = Dispatcher(store, tracker, DispatcherConfig(max_parallel=2), checkpoint=ck)
-    controller = Controller(store, ControllerConfig(tick_s=2.0, min_inferences=256, min_fresh_samples=160,
+    controller = Controller(store, ControllerConfig(tick_s=2.0, min_inferences=256,
+                                                    min_fresh_samples=settings.calibration_size,
                                                     debounce_s=10.0))
     threads = [threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher", daemon=True),
                threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)]
@@ -181,10 +182,13 @@ def run_demo(quick: bool = False) -> None:
 
 def _set_demo_policy(url: str, admin_key: str) -> None:
     """The default policy, with a debounce that suits a stream compressed into minutes."""
+    from workers.policy import DEFAULT_POLICY
+
     headers = {"Authorization": f"Bearer {admin_key}"}
     r = httpx.get(f"{url}/api/v1/policies/default", headers=headers, timeout=10)
     r.raise_for_status()
     values = {k: v for k, v in r.json().items() if k not in ("name", "updated_at")}
+    values.update(kl_budget=DEFAULT_POLICY.kl_budget, min_compression=DEFAULT_POLICY.min_compression)
     values["extra"] = {**values.get("extra", {}), "debounce_s": 10.0, "min_labelled": 150}
     httpx.put(f"{url}/api/v1/policies/default", headers=headers, json=values, timeout=10).raise_for_status()
 
@@ -206,28 +210,42 @@ def _print_results(store: Any, report: Any, scenario: dict[str, Any], ck: Any) -
 
     phase_names = {p.device_id: [ph.describe() for ph in p.phases] for p in profiles_from_scenario(scenario)}
     dense = _dense_phase_accuracy(report, scenario, ck)
-    table = Table(title="per device and phase", show_lines=False)
-    for col in ("device", "phase", "served versions (share)", "compression", "accuracy dense",
-                "accuracy deployed", "retrain triggers"):
-        table.add_column(col)
     versions = {v.id: v for v in store.list_versions(limit=1000)}
+    table = Table(title="per device and phase: what ran, and what it cost")
+    for col, justify in (("device", "left"), ("phase", "left"), ("versions served (share of phase)", "left"),
+                         ("compr.", "right"), ("dense", "right"), ("deployed", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for d in report.devices:
-        jobs = [j for j in store.list_jobs(device_id=d.device_id, limit=100) if j.kind == "retrain"]
-        triggers = "; ".join(f"{j.trigger_reason.split(';')[0]} -> {(j.result or {}).get('decision', j.status)}"
-                             for j in sorted(jobs, key=lambda j: j.id))
         for ph, (correct, n) in sorted(d.phase_true.items()):
             served = d.phase_versions.get(ph, {})
             total = sum(served.values()) or 1
-            shares = ", ".join(f"{_short(v)} {100 * c / total:.0f}%" for v, c in served.items())
-            ratios = [versions[v].compression_ratio for v in served if v in versions
-                      and versions[v].compression_ratio]
-            weighted = sum(versions[v].compression_ratio * c for v, c in served.items()
-                           if v in versions and versions[v].compression_ratio) / total
-            table.add_row(d.device, phase_names.get(d.device, ["?"] * (ph + 1))[ph], shares,
-                          f"{weighted:.1f}x" if ratios else "-",
-                          f"{100 * dense.get((d.device, ph), float('nan')):.1f} %",
-                          f"{100 * correct / n:.1f} %", triggers if ph == 0 else "")
+            shares = ", ".join(f"{_label(versions.get(v), v)} {100 * c / total:.0f}%" for v, c in served.items())
+            known = {v: c for v, c in served.items() if v in versions and versions[v].compression_ratio}
+            ratio = (sum(versions[v].compression_ratio * c for v, c in known.items()) / sum(known.values())
+                     if known else None)
+            names = phase_names.get(d.device, [])
+            table.add_row(d.device if ph == 0 else "", names[ph] if ph < len(names) else str(ph), shares,
+                          f"{ratio:.1f}x" if ratio else "-",
+                          f"{100 * dense.get((d.device, ph), float('nan')):.1f}%", f"{100 * correct / n:.1f}%")
     console.print(table)
+    console.print("[bold]retrains[/bold] (trigger -> outcome)")
+    for d in report.devices:
+        jobs = sorted((j for j in store.list_jobs(device_id=d.device_id, limit=100) if j.kind == "retrain"),
+                      key=lambda j: j.id)
+        lines = []
+        for j in jobs:
+            res = j.result or {}
+            outcome = res.get("decision", j.status)
+            if "compression_ratio" in res:
+                outcome += f" {res['compression_ratio']:.1f}x kl {res.get('kl', float('nan')):.3f}"
+            lines.append(f"job {j.id}: {j.trigger_reason} -> {outcome}")
+        console.print(f"  {d.device}: " + ("; ".join(lines) if lines else "none"))
+
+
+def _label(version: Any, version_id: str) -> str:
+    if version is None:
+        return version_id[-8:]
+    return "base" if version.device_id is None else f"v{version.mlflow_version or version_id[-6:]}"
 
 
 def _short(version_id: str) -> str:
