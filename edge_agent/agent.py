@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 EVENTS_PER_POST = 100
 MAX_REQUESTS_PER_DRAIN = 50  # then the loop turns again (assignment, flushes) before sending more
+MAX_REASON = 1000  # characters of an event reason the server accepts
 
 
 class Agent:
@@ -54,7 +55,7 @@ class Agent:
         self.store = ModelStore(self.state_dir)
         self.runtime = Runtime(self.device_id, self.creds.base_model, sketch_max_bytes=settings.sketch_max_bytes,
                                recent_inputs=settings.recent_inputs, pending_labels=settings.pending_labels,
-                               clock=clock)
+                               sketch_in_background=settings.sketch_in_background, clock=clock)
         self.updater = Updater(self.device_id, self.creds.base_model, self.creds.signing_keys, self.store,
                                self.runtime, self.client, self.emit_event, self._store_flushed,
                                settings.max_install_attempts, settings.intra_op_threads)
@@ -79,7 +80,7 @@ class Agent:
     # ----- records into the outbox -----
 
     def emit_event(self, kind: str, version_id: str | None, reason: str) -> None:
-        event = {"uuid": str(uuid.uuid4()), "kind": kind, "version_id": version_id, "reason": reason[:2000],
+        event = {"uuid": str(uuid.uuid4()), "kind": kind, "version_id": version_id, "reason": reason[:MAX_REASON],
                  "at": self.clock()}
         self.outbox.append("event", json.dumps(event).encode())
         logger.info("device_id=%s model_version=%s event %s: %s", self.device_id, version_id, kind, reason)
@@ -107,9 +108,11 @@ class Agent:
         s = self.settings
         if force or now - self._window_started >= s.telemetry_interval_s:
             window = self.runtime.close_window()
+            if window is None:  # an idle window still makes a record: it is the device's heartbeat
+                window = WindowSummary(self._window_started, now, 0, 0, 0, None, None, None, None,
+                                       self.runtime.version)
             self._window_started = now
-            if window is not None:
-                self._store_window(window)
+            self._store_window(window)
         n = self.runtime.sketch_inferences
         if n and (force or (n >= s.sketch_min_inferences and now - self.runtime.sketch_started >= s.sketch_interval_s)):
             builder = self.runtime.take_sketch()
@@ -243,6 +246,7 @@ class Agent:
 
     def close(self) -> None:
         self.client.close()
+        self.runtime.close()
 
     # ----- status -----
 

@@ -39,6 +39,7 @@ class AgentSettings(BaseSettings):
     sketch_interval_s: float = Field(300.0, gt=0)  # emit a sketch at most this often ...
     sketch_min_inferences: int = Field(256, ge=1)  # ... once at least this many inferences are in it
     sketch_max_bytes: int = Field(256 * 1024, ge=16 * 1024)  # cap of one sketch upload
+    sketch_in_background: bool = True  # update the sketch off predict()'s path (one extra thread)
     outbox_max_records: int = Field(10_000, ge=1)  # oldest records dropped (and counted) past this
     outbox_max_bytes: int = Field(256 * 2**20, ge=1024)  # ... or past this many bytes on disk
     telemetry_batch: int = Field(100, ge=1, le=500)  # records per telemetry POST

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.errors import NoModelError
+from edge_agent.feeder import SketchFeeder
 from edge_agent.model import LoadedModel, softmax
 from edge_agent.telemetry import TelemetryWindow, VersionStats, WindowSummary
 from qsae_shared.manifest import Manifest
@@ -71,11 +72,13 @@ class _Ring:
 class Runtime:
     def __init__(self, device_id: str, base_model: str, *, sketch_max_bytes: int = DEFAULT_MAX_BYTES,
                  recent_inputs: int = 256, pending_labels: int = 100_000, stats_window: int = 2000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 sketch_in_background: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.device_id = device_id
         self.base_model = base_model
         self.sketch_max_bytes = sketch_max_bytes  # cap of one sketch upload
         self.stats_window = stats_window  # predictions per version the sliding accuracies cover
+        # feed the sketch on a background thread (predict returns after the model) or inline
+        self._feeder = SketchFeeder(name=f"sketch-{device_id}") if sketch_in_background else None
         self.clock = clock
         self._lock = threading.Lock()
         self._model: LoadedModel | None = None
@@ -127,7 +130,10 @@ class Runtime:
             self._window.add_predictions(conf, expected, latency_ms)
             self._stats_for(model.version).add_predictions(expected)
             assert self._builder is not None
-            self._builder.update(out.stem, probs, now)
+            if self._feeder is not None:
+                self._feeder.submit(self._builder, out.stem, probs, now)
+            else:
+                self._builder.update(out.stem, probs, now)
             vi = self._version_index(model.version)
             s = ids % self._pending.capacity
             self._pending.ids[s] = ids
@@ -169,11 +175,12 @@ class Runtime:
         nothing) and the old sketch builder (None when empty) so the agent can store them."""
         now = self.clock()
         with self._lock:
-            window, builder = self._close_window(now), self._take_builder()
+            window, old = self._close_window(now), self._builder
             self._model = model
             self._window = TelemetryWindow(now, model.version if model else None)
             self._builder = self._new_builder(model)
             self._sketch_started = now
+        builder = self._settled(old)
         logger.info("device_id=%s model_version=%s serving", self.device_id, model.version if model else None)
         return window, builder
 
@@ -188,10 +195,15 @@ class Runtime:
     def take_sketch(self) -> SketchBuilder | None:
         """Hand over the sketch builder of the current window and start a new one (None if empty)."""
         with self._lock:
-            builder = self._take_builder()
+            old = self._builder
             self._builder = self._new_builder(self._model)
             self._sketch_started = self.clock()
-            return builder
+        return self._settled(old)
+
+    def open_sketch(self) -> SketchBuilder | None:
+        """The sketch builder of the open window, up to date (for inspection; do not emit it)."""
+        b = self._builder
+        return self._settled(b) if b is not None else None
 
     @property
     def sketch_inferences(self) -> int:
@@ -237,9 +249,15 @@ class Runtime:
             return None
         return w.summary(now)
 
-    def _take_builder(self) -> SketchBuilder | None:
-        b = self._builder
-        return b if b is not None and b.inference_count > 0 else None
+    def _settled(self, builder: SketchBuilder | None) -> SketchBuilder | None:
+        """The builder once every update queued for it is applied (None when it saw nothing)."""
+        if self._feeder is not None:
+            self._feeder.barrier()
+        return builder if builder is not None and builder.inference_count > 0 else None
+
+    def close(self) -> None:
+        if self._feeder is not None:
+            self._feeder.close()
 
     def _new_builder(self, model: LoadedModel | None) -> SketchBuilder | None:
         if model is None:

@@ -285,6 +285,7 @@ def build_agents(profiles: list[DeviceProfile], cfg: SimulationConfig, server_ur
         settings = load_settings(None, state_dir=folder, server_url=server_url,
                                  telemetry_interval_s=cfg.telemetry_interval_s,
                                  sketch_interval_s=cfg.sketch_interval_s, pending_labels=cfg.pending_labels,
+                                 sketch_in_background=False,  # the simulator's threads already overlap
                                  backoff_base_s=min(5.0, cfg.seconds_per_batch * 2),
                                  poll_interval_s=max(cfg.seconds_per_batch * 10, 10.0))
         if not (folder / CREDENTIALS).exists():

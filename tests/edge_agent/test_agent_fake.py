@@ -98,8 +98,23 @@ def test_server_down_then_drains_in_order_and_seqs_never_repeat(tmp_path, kit, i
         clock.t += 20  # past any backoff (capped at 8 s)
         agent.tick()
     assert len(agent.outbox) == 0
-    assert server.telemetry_order == sorted(server.telemetry_order) == list(range(25))
+    assert server.telemetry_order == sorted(server.telemetry_order) == list(range(len(server.telemetry)))
     assert [server.telemetry[s]["inference_count"] for s in range(25)] == [10] * 25
+    assert all(server.telemetry[s]["inference_count"] == 0 for s in range(25, len(server.telemetry)))
+
+
+def test_an_idle_device_still_reports_each_window_as_its_heartbeat(tmp_path, kit):
+    server = FakeServer()
+    serve_version(server, kit.good, kit.good_bytes)
+    clock = Clock()
+    agent = make_agent(tmp_path, server, kit, clock)
+    for _ in range(3):
+        clock.t += 11
+        agent.tick()
+    records = [server.telemetry[s] for s in server.telemetry_order]
+    assert len(records) == 3 and all(r["inference_count"] == 0 for r in records)
+    assert records[-1]["deployed_version"] == "v-good" and records[-1]["estimated_accuracy"] is None
+    assert records[1]["window_start"] == records[0]["window_end"]
 
 
 def test_backoff_grows_is_capped_honours_retry_after_and_resets(tmp_path, kit):
@@ -286,3 +301,27 @@ def test_events_and_records_are_json_scalars_only(tmp_path, kit, images):
     for doc in [*server.telemetry.values(), *server.events.values()]:
         assert all(v is None or isinstance(v, (str, int, float)) for v in doc.values()), doc
     assert np.isfinite(json.loads(json.dumps(list(server.telemetry.values())))[0]["latency_p95_ms"])
+
+
+def test_background_agent_serves_and_flushes_on_exit(tmp_path, kit, images):
+    import time
+
+    from edge_agent.agent import BackgroundAgent
+
+    server = FakeServer()
+    serve_version(server, kit.good, kit.good_bytes)
+    settings = load_settings(state_dir=tmp_path / "state", telemetry_interval_s=3600, sketch_interval_s=3600)
+    save_credentials(settings.state_dir, Credentials(
+        device_id=server.device_id, device_token=server.token, server_url="http://fleet.test",
+        signing_keys={kit.key.key_id: kit.key.public_key_b64}, base_model="fmnist-cnn", poll_interval_s=5,
+        enrolled_at=0.0))
+    with BackgroundAgent(Agent(settings, transport=server.transport()), tick_s=0.05) as agent:
+        deadline = time.monotonic() + 20
+        while agent.runtime.version is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent.predict(images[0][:64])
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 2  # stopping does not wait out an interval
+    (rec,) = server.telemetry.values()  # the open window was stored and sent on the way out
+    assert rec["inference_count"] == 64
+    assert len(server.sketches) == 1

@@ -8,11 +8,12 @@ from qsae_shared.data import load_split
 from qsae_shared.sketch import parse_sketch
 
 
-@pytest.fixture
-def runtime(kit):
-    rt = Runtime("dev-1", "fmnist-cnn", recent_inputs=64, pending_labels=1000)
+@pytest.fixture(params=[False, True], ids=["inline-sketch", "background-sketch"])
+def runtime(kit, request):
+    rt = Runtime("dev-1", "fmnist-cnn", recent_inputs=64, pending_labels=1000, sketch_in_background=request.param)
     rt.swap(LoadedModel(kit.good, kit.onnx_path(kit.good)))
-    return rt
+    yield rt
+    rt.close()
 
 
 def test_predict_before_a_model_is_installed_says_so():
@@ -72,6 +73,22 @@ def test_sketch_holds_stem_summaries_and_nothing_input_sized(runtime):
         assert 784 not in arr.shape[1:] and tuple(arr.shape[-2:]) != (28, 28)
     assert sketch.extra == {}
     assert runtime.take_sketch() is None  # the next window starts empty
+
+
+def test_background_and_inline_sketches_are_the_same(kit):
+    split = load_split("test")
+    sketches = []
+    for background in (False, True):
+        rt = Runtime("dev-1", "fmnist-cnn", sketch_in_background=background, clock=lambda: 5.0)
+        rt.swap(LoadedModel(kit.good, kit.onnx_path(kit.good)))
+        for i in range(0, 600, 50):
+            rt.predict(split.images[i:i + 50])
+        sketches.append(parse_sketch(rt.take_sketch().emit()))
+        rt.close()
+    a, b = sketches
+    assert a.inference_count == b.inference_count == 600
+    assert np.array_equal(a.samples, b.samples) and np.array_equal(a.hist_counts, b.hist_counts)
+    assert np.allclose(a.channel_mean, b.channel_mean) and np.array_equal(a.confidence_hist, b.confidence_hist)
 
 
 def test_recent_inputs_keep_the_last_ones_with_their_labels(runtime):
