@@ -40,6 +40,7 @@ def simulate(
     seconds_per_batch: float = typer.Option(None, "--seconds-per-batch", min=0.0),
     threads: int = typer.Option(None, "--threads", min=1),
     name_prefix: str = typer.Option(None, "--name-prefix", help="device names on the server: prefix + scenario id"),
+    base_model: str = typer.Option(None, "--base-model", help="base model of the devices it creates (fmnist-cnn)"),
     json_out: Path = typer.Option(None, "--json", help="also write the report as JSON here"),
     log_level: str = typer.Option("WARNING", "--log-level"),
 ) -> None:
@@ -57,7 +58,8 @@ def simulate(
         report = run(server, scenario, devices=devices, operator_key=operator_key or _operator_key(),
                      state_dir=state_dir, initial_version=initial_version, stop=stop, rounds=rounds,
                      batch_size=batch_size, label_rate=label_rate, label_delay_s=label_delay_s,
-                     seconds_per_batch=seconds_per_batch, threads=threads, name_prefix=name_prefix)
+                     seconds_per_batch=seconds_per_batch, threads=threads, name_prefix=name_prefix,
+                     base_model=base_model)
     except (AgentError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

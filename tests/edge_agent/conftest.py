@@ -1,8 +1,8 @@
-"""Shared fixtures: a tiny trained ONNX model (and a confidently wrong twin) with signed manifests."""
+"""Shared fixtures: the tiny CNN exported by the real exporter (and a confidently wrong twin), and a live control plane."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -29,20 +29,39 @@ class ModelKit:
         return materialize(manifest, self.files_dir(manifest), self.folder / "runtime")
 
 
+def _exported(ck, key, version_id):
+    """The real exporter's artifact and manifest (workers.retrain.export_base), renamed and signed."""
+    from workers.retrain import export_base
+
+    result = export_base(ck)
+    (data,) = result.files.values()
+    return key.sign_manifest(replace(result.manifest, version_id=version_id)), data
+
+
+def _rotated_classes(ck):
+    """The same network with its output classes rotated by one: confident, and always wrong."""
+    state = dict(ck.state)
+    last = max(int(k.split(".")[0]) for k in state)
+    perm = [(i + 1) % 10 for i in range(10)]
+    state[f"{last}.weight"] = state[f"{last}.weight"][perm].clone()
+    state[f"{last}.bias"] = state[f"{last}.bias"][perm].clone()
+    return replace(ck, state=state)
+
+
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory) -> ModelKit:
-    from tests.edge_agent import models
+    """The tiny CNN of tests/tiny_model.py (the pinned CNN's stem shape, trained in seconds),
+    exported by the pruning core's exporter as the dense int8 artifact, and a wrong twin."""
+    from tests.tiny_model import tiny_checkpoint
 
     key = SigningKey.generate()
-    net = models.train_tiny()
-    good_bytes = models.artifact_bytes(net)
-    good = models.build_manifest("v-good", good_bytes, net, key)
-    bad_net = models.permuted(net)
-    bad_bytes = models.artifact_bytes(bad_net)
-    bad = models.build_manifest("v-bad", bad_bytes, bad_net, key)
+    ck = tiny_checkpoint()
+    good, good_bytes = _exported(ck, key, "v-good")
+    bad, bad_bytes = _exported(_rotated_classes(ck), key, "v-bad")
     folder = tmp_path_factory.mktemp("models")
-    models.write_files(good, good_bytes, folder / good.version_id)
-    models.write_files(bad, bad_bytes, folder / bad.version_id)
+    for m, data in ((good, good_bytes), (bad, bad_bytes)):
+        (folder / m.version_id).mkdir()
+        (folder / m.version_id / m.files[0].name).write_bytes(data)
     return ModelKit(key, good, good_bytes, bad, bad_bytes, folder)
 
 

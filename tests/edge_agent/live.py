@@ -18,6 +18,7 @@ import httpx
 from qsae_shared.manifest import Manifest
 
 ADMIN_KEY = "qk_edge_agent_tests_admin_key_0001"
+BASE_MODEL = "tiny-cnn"  # tests.tiny_model: what the kit fixture exports
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,7 +88,8 @@ class LiveControlPlane:
         return self._store
 
     def new_device(self, name: str, labels: dict[str, str] | None = None) -> tuple[str, str]:
-        r = self.http.post("/api/v1/devices", json={"name": name, "labels": labels or {}, "base_model": "fmnist-cnn"})
+        r = self.http.post("/api/v1/devices", json={"name": name, "labels": labels or {},
+                                                     "base_model": BASE_MODEL})
         r.raise_for_status()
         return r.json()["device_id"], r.json()["enrollment_token"]
 

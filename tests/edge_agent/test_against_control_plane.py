@@ -86,7 +86,7 @@ def test_installs_reports_telemetry_sketches_and_events(live, tmp_path, base_ver
     (rec,) = live.telemetry(agent.device_id)
     assert rec.inference_count == 500 and rec.labelled_count == 200 and rec.deployed_version == base_version
     assert rec.labelled_correct == int((p.classes[:200] == y[:200]).sum())
-    assert 0.5 < rec.estimated_accuracy <= 1 and rec.latency_p50_ms > 0
+    assert 0.3 < rec.estimated_accuracy <= 1 and rec.latency_p50_ms > 0
     detail = live.detail(agent.device_id)
     assert [s["inference_count"] for s in detail["sketches"]] == [500]
     assert detail["sketches"][0]["size_bytes"] <= 256 * 1024

@@ -29,7 +29,7 @@ def make_agent(tmp_path, server, kit, clock=None, **overrides):
                              sketch_min_inferences=1, backoff_base_s=1, backoff_max_s=8, **overrides)
     save_credentials(settings.state_dir, Credentials(
         device_id=server.device_id, device_token=server.token, server_url="http://fleet.test",
-        signing_keys={kit.key.key_id: kit.key.public_key_b64}, base_model="fmnist-cnn", poll_interval_s=5,
+        signing_keys={kit.key.key_id: kit.key.public_key_b64}, base_model=kit.good.base_model, poll_interval_s=5,
         enrolled_at=0.0))
     return Agent(settings, transport=server.transport(), clock=clock or Clock())
 
@@ -62,7 +62,7 @@ def test_installs_the_assigned_model_and_reports(tmp_path, kit, images):
     assert rec["inference_count"] == 300 and rec["labelled_count"] == 100
     assert rec["deployed_version"] == "v-good" and rec["outbox_dropped"] == 0
     assert rec["labelled_correct"] == int((p.classes[:100] == y[:100]).sum())
-    assert 0.5 < rec["estimated_accuracy"] <= 1
+    assert 0.3 < rec["estimated_accuracy"] <= 1
     (sketch,) = server.sketches.values()
     assert len(sketch) <= 256 * 1024
     assert len(agent.outbox) == 0
@@ -313,7 +313,7 @@ def test_background_agent_serves_and_flushes_on_exit(tmp_path, kit, images):
     settings = load_settings(state_dir=tmp_path / "state", telemetry_interval_s=3600, sketch_interval_s=3600)
     save_credentials(settings.state_dir, Credentials(
         device_id=server.device_id, device_token=server.token, server_url="http://fleet.test",
-        signing_keys={kit.key.key_id: kit.key.public_key_b64}, base_model="fmnist-cnn", poll_interval_s=5,
+        signing_keys={kit.key.key_id: kit.key.public_key_b64}, base_model=kit.good.base_model, poll_interval_s=5,
         enrolled_at=0.0))
     with BackgroundAgent(Agent(settings, transport=server.transport()), tick_s=0.05) as agent:
         deadline = time.monotonic() + 20

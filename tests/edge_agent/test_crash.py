@@ -14,7 +14,7 @@ from edge_agent.config import load_settings
 from edge_agent.enroll import enroll
 from qsae_shared.data import load_split
 from qsae_shared.sketch import parse_sketch
-from tests.edge_agent.live import ROOT, LiveControlPlane
+from tests.edge_agent.live import BASE_MODEL, ROOT, LiveControlPlane
 from tests.edge_agent.proxy import HoldingProxy
 
 
@@ -79,7 +79,7 @@ def test_kill_9_in_the_middle_of_an_upload_loses_and_duplicates_nothing(live, ki
     proc.wait()
     proxy.close()
     stored_at_kill = {r.uuid for r in live.telemetry(device_id)}
-    stored_at_kill |= {f"sketch-{parse_sketch(b).seq}" for b in live.store.device_sketches(device_id, "fmnist-cnn")}
+    stored_at_kill |= {f"sketch-{parse_sketch(b).seq}" for b in live.store.device_sketches(device_id, BASE_MODEL)}
     pending_at_kill = agent_outbox_ids(state)
     assert 0 < len(stored_at_kill) < 80
     # the upload in flight was stored by the server, but its record is still in the outbox
@@ -94,7 +94,7 @@ def test_kill_9_in_the_middle_of_an_upload_loses_and_duplicates_nothing(live, ki
     assert len(uuids) == len(set(uuids)) == 40  # nothing duplicated
     assert set(uuids) == set(expected)  # nothing lost
     assert len(live.detail(device_id)["sketches"]) == 20  # the detail shows the newest 20
-    assert len(live.store.device_sketches(device_id, "fmnist-cnn")) == 40
+    assert len(live.store.device_sketches(device_id, BASE_MODEL)) == 40
 
 
 def agent_outbox_ids(state):
