@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from control_plane.keyring import RotatingSigner
 from qsae_shared.signing import SigningKey
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,4 @@ def load_or_create_signing_key(path: Path) -> SigningKey:
             pass
         finally:
             tmp.unlink(missing_ok=True)
-    raw = path.read_bytes()
-    if len(raw) != 32:
-        raise ValueError(f"signing key file {path} must hold 32 raw bytes, has {len(raw)}")
-    return SigningKey.from_private_bytes(raw)
+    return RotatingSigner(path)  # checks the length; follows rotations (control_plane.keyring)

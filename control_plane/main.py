@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
         app.include_router(module.router)
     app.include_router(health.router)
     _mount_dashboard(app)
+    _document_raw_bodies(app)
     dashboards.mount(app)  # the operator UI under /dashboard (static files, no torch)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
@@ -116,3 +117,24 @@ def _mount_dashboard(app: FastAPI) -> None:
         logger.info("no dashboards package: serving the API only")
         return
     mount(app)
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Routes that parse their own body (telemetry) name their schemas by reference; put those
+    schemas into the OpenAPI components."""
+    from control_plane.schemas import TelemetryAck, TelemetryBatch
+
+    build = app.openapi
+
+    def openapi() -> dict:  # type: ignore[type-arg]
+        if app.openapi_schema is None:
+            doc = build()
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in (TelemetryBatch, TelemetryAck):
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
+                schemas.update(js.pop("$defs", {}))
+                schemas[model.__name__] = js
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -23,6 +23,7 @@ class Metrics:
                                  registry=r)
         self.ingested = Counter("qsae_ingest_records", "records accepted from devices", ["kind"], registry=r)
         self.ingest_bytes = Counter("qsae_ingest_bytes", "bytes accepted from devices", ["kind"], registry=r)
+        self.ingested_telemetry = self.ingested.labels("telemetry")  # bound once: the hot path
         self.rejected = Counter("qsae_ingest_rejected", "device uploads rejected", ["kind", "reason"], registry=r)
         self.queue_depth = Gauge("qsae_job_queue_depth", "jobs waiting to run", registry=r)
         self.jobs = Gauge("qsae_jobs", "jobs by status", ["status"], registry=r)
@@ -52,6 +53,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labels() is not free
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,8 +73,15 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            key = (scope["method"], path, status)
+            children = self._children.get(key)
+            if children is None:
+                children = (self.metrics.requests.labels(scope["method"], path, str(status)),
+                            self.metrics.latency.labels(path))
+                if len(self._children) < 10_000:
+                    self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:

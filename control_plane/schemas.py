@@ -211,6 +211,8 @@ class DevicePublic(Public):
     pinned: bool
     drift_score: float | None
     compression_ratio: float | None = Field(default=None, description="of the deployed version")
+    labelled_accuracy_1h: float | None = Field(default=None, description="telemetry of the last hour")
+    estimated_accuracy_1h: float | None = Field(default=None, description="telemetry of the last hour")
     created_at: dt.datetime
 
 
@@ -285,6 +287,7 @@ class VersionPublic(Public):
     mlflow_name: str | None
     mlflow_version: str | None
     mlflow_run_id: str | None
+    mlflow_experiment_id: str | None = None
     manifest_sha256: str
     file_sha256s: list[str]
     download_bytes: int
@@ -367,6 +370,20 @@ class RolloutPublic(Public):
 
 
 # --- fleet, api keys, audit ---------------------------------------------------------------
+class FleetSeriesPoint(BaseModel):
+    start: float = Field(description="bucket start, unix seconds (server receive time)")
+    records: int
+    devices: int
+    labelled_accuracy: float | None = Field(description="pooled: sum(correct) / sum(labelled)")
+    estimated_accuracy: float | None = Field(description="mean of the records' estimates")
+    mean_compression: float | None = Field(description="of the versions the records say they ran")
+
+
+class FleetSeries(BaseModel):
+    bucket_s: float
+    points: list[FleetSeriesPoint]
+
+
 class FleetSummary(BaseModel):
     devices: int
     by_state: dict[str, int]
@@ -396,6 +413,12 @@ class ApiKeyPublic(Public):
     role: Role
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+
+
+class Me(BaseModel):
+    id: str
+    name: str
+    role: Role
 
 
 class AuditPublic(Public):

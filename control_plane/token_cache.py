@@ -46,7 +46,7 @@ class TokenCache:
 
     async def lookup(self, token_hash: str, kind: str) -> Principal | None:
         if self.ttl_s <= 0:
-            return await self.db.run(auth_service.principal_for_hash, token_hash, kind)
+            return await auth_service.principal_for_hash_async(self.db.engine, token_hash, kind)
         if time.monotonic() - self._checked_at >= self.ttl_s:
             await self._refresh()
         p = self._entries.get(token_hash)
@@ -54,7 +54,7 @@ class TokenCache:
             self.hits += 1
             return p
         self.misses += 1
-        p = await self.db.run(auth_service.principal_for_hash, token_hash, kind)
+        p = await auth_service.principal_for_hash_async(self.db.engine, token_hash, kind)
         # A revocation committed after this read is still caught: every refresh re-reads the
         # revocations of the last minutes, so the next one (within ttl_s) evicts this entry.
         if p is not None:

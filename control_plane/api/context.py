@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from control_plane.artifacts import ArtifactStore
 from control_plane.bus import AsyncBus
+from control_plane.keyring import trusted_public_keys
 from control_plane.metrics import Metrics
 from control_plane.services.devices import StateRules
 from control_plane.services.ingest import TelemetryWriter
@@ -31,10 +32,10 @@ class AppContext:
         return StateRules(now=dt.datetime.now(dt.UTC), offline_after_s=self.settings.offline_after_s)
 
     def signing_keys(self) -> dict[str, str]:
-        return {self.signer.key_id: self.signer.public_key_b64}
+        return trusted_public_keys(self.signer)  # every key not retired (key rotation)
 
-    def mlflow_url(self, run_id: str | None) -> str | None:
+    def mlflow_url(self, run_id: str | None, experiment_id: str | None = None) -> str | None:
         base = self.settings.mlflow_ui_url
         if not base or not run_id:
             return None
-        return f"{base.rstrip('/')}/#/experiments/0/runs/{run_id}"
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id or '0'}/runs/{run_id}"

@@ -123,7 +123,12 @@ class Revocation(Base):
 
 class Telemetry(Base):
     __tablename__ = "telemetry"
-    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),)
+    __table_args__ = (
+        UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),
+        Index("ix_telemetry_device_received", "device_id", "received_at"),  # a device's last hour
+        # Fleet-wide time ranges; BRIN on PostgreSQL: append-only time column, near-free to maintain.
+        Index("ix_telemetry_received_at", "received_at", postgresql_using="brin"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
@@ -207,6 +212,7 @@ class ModelVersion(Base):
     mlflow_name: Mapped[str | None] = mapped_column(String(200))
     mlflow_version: Mapped[str | None] = mapped_column(String(50))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(100))
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(100))
     manifest: Mapped[str] = mapped_column(Text)  # the signed manifest JSON, served as is
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     file_sha256s: Mapped[list[Any]] = mapped_column(default=list)

@@ -6,7 +6,8 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from control_plane import security
@@ -45,6 +46,21 @@ def principal_for_hash(s: Session, token_hash: str, kind: str) -> Principal | No
 
 
 REVOCATION_OVERLAP = dt.timedelta(minutes=2)
+
+
+_DEVICE_BY_HASH = select(Device.id, Device.revoked_at).where(Device.token_hash == bindparam("h"))
+_KEY_BY_HASH = select(ApiKey.id, ApiKey.role, ApiKey.revoked_at).where(ApiKey.key_hash == bindparam("h"))
+
+
+async def principal_for_hash_async(engine: AsyncEngine, token_hash: str, kind: str) -> Principal | None:
+    """`principal_for_hash` without an ORM session: the token cache's miss path (one indexed
+    read, a fraction of the cost of a full unit of work)."""
+    async with engine.connect() as conn:
+        if kind == "device":
+            row = (await conn.execute(_DEVICE_BY_HASH, {"h": token_hash})).first()
+            return None if row is None or row.revoked_at is not None else Principal("device", row.id)
+        row = (await conn.execute(_KEY_BY_HASH, {"h": token_hash})).first()
+        return None if row is None or row.revoked_at is not None else Principal("operator", row.id, row.role)
 
 
 def revocations_since(s: Session, after_id: int) -> tuple[int, list[str]]:
@@ -94,6 +110,13 @@ def ensure_api_key(s: Session, *, secret: str, role: str, name: str) -> ApiKey:
     if existing is not None:
         return existing
     return create_api_key(s, name=name, role=role, actor="system:bootstrap", secret=secret)[0]
+
+
+def get_api_key(s: Session, key_id: str) -> ApiKey:
+    key = s.get(ApiKey, key_id)
+    if key is None:
+        raise NotFoundError(f"API key {key_id} does not exist")
+    return key
 
 
 def revoke_api_key(s: Session, key_id: str, actor: str) -> ApiKey:

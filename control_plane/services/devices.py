@@ -143,6 +143,24 @@ def _decorate(row: Any) -> Device:
     return d
 
 
+def _with_accuracy(s: Session, devices: list[Device], now: dt.datetime) -> list[Device]:
+    """Attach each device's last-hour labelled (pooled) and estimated (mean) accuracy."""
+    if not devices:
+        return devices
+    since = now - dt.timedelta(hours=1)
+    rows = s.execute(select(Telemetry.device_id, func.sum(Telemetry.labelled_count),
+                            func.sum(Telemetry.labelled_correct), func.avg(Telemetry.estimated_accuracy))
+                     .where(Telemetry.device_id.in_([d.id for d in devices]), Telemetry.received_at >= since)
+                     .group_by(Telemetry.device_id)).all()
+    by_id = {r[0]: r for r in rows}
+    for d in devices:
+        r = by_id.get(d.id)
+        labelled, correct, est = (r[1], r[2], r[3]) if r else (0, 0, None)
+        d.labelled_accuracy_1h = float(correct) / float(labelled) if labelled else None  # type: ignore[attr-defined]
+        d.estimated_accuracy_1h = None if est is None else float(est)  # type: ignore[attr-defined]
+    return devices
+
+
 def list_devices(s: Session, rules: StateRules, *, cohort: str | None = None, state: str | None = None,
                  base_model: str | None = None, q: str | None = None, sort: str = "name",
                  descending: bool = False, limit: int = 100, offset: int = 0) -> tuple[list[Device], int]:
@@ -164,7 +182,7 @@ def list_devices(s: Session, rules: StateRules, *, cohort: str | None = None, st
     key = {"state": st, "compression_ratio": ModelVersion.compression_ratio}.get(sort, getattr(Device, sort))
     order = [key.desc().nulls_last() if descending else key.asc().nulls_last(), Device.id]
     rows = s.execute(base.order_by(*order).limit(limit).offset(offset)).all()
-    return [_decorate(r) for r in rows], int(total)
+    return _with_accuracy(s, [_decorate(r) for r in rows], rules.now), int(total)
 
 
 def device_with_state(s: Session, device_id: str, rules: StateRules) -> Device:
@@ -173,7 +191,7 @@ def device_with_state(s: Session, device_id: str, rules: StateRules) -> Device:
                     .where(Device.id == device_id)).first()
     if row is None:
         raise NotFoundError(f"device {device_id} does not exist")
-    return _decorate(row)
+    return _with_accuracy(s, [_decorate(row)], rules.now)[0]
 
 
 def states_count(s: Session, rules: StateRules) -> dict[str, int]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from control_plane.artifacts import ArtifactStore, LocalArtifactStore
 from control_plane.bus import SyncBus
+from control_plane.keyring import trusted_public_keys
 from control_plane.keys import load_or_create_signing_key
 from control_plane.schemas import (
     DevicePublic,
@@ -70,7 +71,7 @@ class FleetStore:
 
     def signing_public_keys(self) -> dict[str, str]:
         """key id -> base64 public key, as devices pin them at enrollment."""
-        return {self.signer.key_id: self.signer.public_key_b64}
+        return trusted_public_keys(self.signer)  # every key not retired (key rotation)
 
     def sign_manifest(self, manifest: Manifest) -> Manifest:
         return self.signer.sign_manifest(manifest)
@@ -144,14 +145,15 @@ class FleetStore:
 
     def register_model_version(self, manifest: Manifest | bytes | str | dict[str, Any], *,
                                mlflow_name: str | None = None, mlflow_version: str | int | None = None,
-                               mlflow_run_id: str | None = None, status: str = "candidate",
-                               job_id: int | None = None) -> VersionPublic:
+                               mlflow_run_id: str | None = None, mlflow_experiment_id: str | None = None,
+                               status: str = "candidate", job_id: int | None = None) -> VersionPublic:
         """Record a version. Its files must already be stored (put_artifact); an unsigned
         manifest (empty `signature`) is signed with the server key. Idempotent for the same
         manifest; ConflictError for a different one under the same version_id."""
         v = self.db.run(versions.register_model_version, manifest, store=self.artifacts, signer=self.signer,
                         mlflow_name=mlflow_name, mlflow_version=None if mlflow_version is None else str(mlflow_version),
-                        mlflow_run_id=mlflow_run_id, status=status, job_id=job_id)
+                        mlflow_run_id=mlflow_run_id, mlflow_experiment_id=mlflow_experiment_id, status=status,
+                        job_id=job_id)
         return VersionPublic.model_validate(v)
 
     def get_version(self, version_id: str) -> VersionPublic:

@@ -57,7 +57,7 @@ def get_version(s: Session, version_id: str) -> ModelVersion:
 def register_model_version(s: Session, manifest: Manifest | bytes | str | dict[str, Any], *,
                            store: ArtifactStore, signer: SigningKey, mlflow_name: str | None = None,
                            mlflow_version: str | None = None, mlflow_run_id: str | None = None,
-                           status: str = "candidate", job_id: int | None = None,
+                           mlflow_experiment_id: str | None = None, status: str = "candidate", job_id: int | None = None,
                            actor: str = "system:dispatcher") -> ModelVersion:
     """Record a deployable version. Every file the manifest lists must already be in `store`
     with its size; the manifest is signed here when it comes unsigned."""
@@ -84,7 +84,7 @@ def register_model_version(s: Session, manifest: Manifest | bytes | str | dict[s
     v = ModelVersion(id=m.version_id, device_id=m.device_id, base_model=m.base_model,
                      base_version=m.base_version, mlflow_name=mlflow_name,
                      mlflow_version=None if mlflow_version is None else str(mlflow_version),
-                     mlflow_run_id=mlflow_run_id, manifest=doc, manifest_sha256=sha,
+                     mlflow_run_id=mlflow_run_id, mlflow_experiment_id=mlflow_experiment_id, manifest=doc, manifest_sha256=sha,
                      file_sha256s=[f.sha256 for f in m.files], download_bytes=m.download_bytes,
                      compression_ratio=metrics.get("compression_ratio"), kl=metrics.get("kl"),
                      metrics=metrics, status=status, job_id=job_id)

@@ -231,3 +231,36 @@ def test_audit_records_operator_actions(client, keys, device):
     events = client.get(f"/api/v1/audit?subject_id={device.id}", headers=op(keys, "viewer")).json()
     actions = [e["action"] for e in events]
     assert actions[0] == "device.revoke" and "device.create" in actions and "device.enroll" in actions
+
+
+def test_me_names_the_key_and_its_role(client, keys, device):
+    me = client.get("/api/v1/me", headers=op(keys, "viewer"))
+    assert me.status_code == 200 and me.json()["role"] == "viewer" and me.json()["name"] == "viewer"
+    assert client.get("/api/v1/me", headers=device.auth).status_code == 403
+
+
+def test_device_list_carries_last_hour_accuracy(client, keys, device):
+    client.post(f"/api/v1/devices/{device.id}/telemetry", headers=device.auth,
+                json={"records": [record(0, labelled_count=10, labelled_correct=9, estimated_accuracy=0.8),
+                                  record(1, labelled_count=10, labelled_correct=7, estimated_accuracy=0.6)]})
+    item = client.get("/api/v1/devices", headers=op(keys, "viewer")).json()["items"][0]
+    assert item["labelled_accuracy_1h"] == pytest.approx(0.8) and item["estimated_accuracy_1h"] == pytest.approx(0.7)
+
+
+def test_fleet_series_buckets_telemetry(client, keys, device, store):
+    v = make_version(store, "v-series", device.id, compression=12.0)
+    client.post(f"/api/v1/devices/{device.id}/telemetry", headers=device.auth,
+                json={"records": [record(0, labelled_count=4, labelled_correct=3, estimated_accuracy=0.7,
+                                         deployed_version=v)]})
+    h = op(keys, "viewer")
+    series = client.get("/api/v1/fleet/series?bucket_s=60", headers=h).json()
+    assert series["bucket_s"] == 60 and len(series["points"]) == 1
+    p = series["points"][0]
+    assert p["records"] == 1 and p["devices"] == 1 and p["labelled_accuracy"] == pytest.approx(0.75)
+    assert p["mean_compression"] == pytest.approx(12.0) and abs(p["start"] - time.time()) < 120
+    assert client.get("/api/v1/fleet/series?bucket_s=1&since=0", headers=h).status_code == 422
+
+
+def test_dashboard_is_served(client):
+    r = client.get("/dashboard/")
+    assert r.status_code == 200 and "<html" in r.text.lower()

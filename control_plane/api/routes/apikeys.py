@@ -8,10 +8,17 @@ from fastapi import APIRouter, Query, status
 
 from control_plane.api import API_PREFIX
 from control_plane.api.deps import Admin, Ctx, Viewer
-from control_plane.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditPublic
+from control_plane.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditPublic, Me
 from control_plane.services import audit, auth
 
 router = APIRouter(prefix=API_PREFIX, tags=["admin"])
+
+
+@router.get("/me", response_model=Me)
+async def me(principal: Viewer, ctx: Ctx) -> Me:
+    """Who this API key is: its id, name and role (the dashboard shows or hides actions by it)."""
+    key = await ctx.db.run(auth.get_api_key, principal.id)
+    return Me(id=key.id, name=key.name, role=key.role)
 
 
 @router.post("/apikeys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)

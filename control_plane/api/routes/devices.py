@@ -71,7 +71,7 @@ async def device_detail(device_id: str, principal: Viewer, ctx: Ctx,
         sketches=[SketchPublic.model_validate(x) for x in d["sketches"]],
         events=[DeviceEventPublic.model_validate(e) for e in d["events"]],
         jobs=[JobPublic.model_validate(j) for j in d["jobs"]],
-        versions=[VersionPublic.model_validate(v).model_copy(update={"mlflow_url": ctx.mlflow_url(v.mlflow_run_id)})
+        versions=[VersionPublic.model_validate(v).model_copy(update={"mlflow_url": ctx.mlflow_url(v.mlflow_run_id, v.mlflow_experiment_id)})
                   for v in d["versions"]])
 
 

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import datetime as dt
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Viewer
-from control_plane.schemas import FleetSummary
+from control_plane.schemas import FleetSeries, FleetSeriesPoint, FleetSummary
 from control_plane.services import fleet
 
 router = APIRouter(prefix=f"{API_PREFIX}/fleet", tags=["fleet"])
+
+
+@router.get("/series", response_model=FleetSeries, responses={422: {}})
+async def series(principal: Viewer, ctx: Ctx,
+                 since: Annotated[float | None, Query(description="unix seconds; default 6 hours ago")] = None,
+                 until: Annotated[float | None, Query(description="unix seconds; default now")] = None,
+                 bucket_s: Annotated[float, Query(gt=0, le=7 * 86400)] = 300.0) -> FleetSeries:
+    """Fleet accuracy (labelled, pooled; estimated, mean) and the mean compression of what the
+    devices ran, per time bucket of received telemetry."""
+    now = time.time()
+    until_dt = dt.datetime.fromtimestamp(until if until is not None else now, dt.UTC)
+    since_dt = dt.datetime.fromtimestamp(since if since is not None else now - 6 * 3600, dt.UTC)
+    points = await ctx.db.run(fleet.series, since=since_dt, until=until_dt, bucket_s=bucket_s)
+    return FleetSeries(bucket_s=bucket_s, points=[FleetSeriesPoint(**p) for p in points])
 
 
 @router.get("/summary", response_model=FleetSummary)

@@ -15,7 +15,7 @@ router = APIRouter(prefix=f"{API_PREFIX}/versions", tags=["versions"])
 
 
 def _public(ctx: Ctx, v: Any) -> VersionPublic:
-    return VersionPublic.model_validate(v).model_copy(update={"mlflow_url": ctx.mlflow_url(v.mlflow_run_id)})
+    return VersionPublic.model_validate(v).model_copy(update={"mlflow_url": ctx.mlflow_url(v.mlflow_run_id, v.mlflow_experiment_id)})
 
 
 @router.get("", response_model=VersionList)
