@@ -209,7 +209,7 @@ def main(model_dir: Path = typer.Option(..., "--model-dir", help="manifest.json 
             "sketch_bytes": sketch_bytes(manifest, onnx, counts),
             "latency_ms": latency(manifest, onnx, [1, 64], 200 if quick else 1000),
             "rss_bytes": resident_memory(model_dir, 2000 if quick else 20_000),
-            "estimate": estimate_error(manifest, onnx, ["smoke"] if quick else ["steady", "drift"]),
+            "estimate": estimate_error(manifest, onnx, ["smoke"] if quick else ["steady", "drift", "demo"]),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
