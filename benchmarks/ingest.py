@@ -141,7 +141,7 @@ async def drive(port: int, devices: list[tuple[str, str]], duration: float, conc
     return phase
 
 
-async def enroll_devices(port: int, admin_key: str, n: int, concurrency: int = 32) -> list[tuple[str, str]]:
+async def enroll_devices(port: int, admin_key: str, n: int, concurrency: int = 64) -> list[tuple[str, str]]:
     """Create and enroll `n` devices through the operator and device APIs."""
     out: list[tuple[str, str]] = []
     names = iter(range(n))
@@ -233,10 +233,14 @@ def _postgres_pids() -> list[int]:
 def measured(coro_factory: Any, server_pid: int) -> tuple[Phase, dict[str, float]]:
     """Run one load phase; also the CPU seconds the server and PostgreSQL spent per request."""
     server = _process_tree(server_pid)
-    pg = _postgres_pids()
-    s0, p0, l0 = _cpu_seconds(server), _cpu_seconds(pg), time.process_time()
+    pg_before = {pid: _cpu_seconds([pid]) for pid in _postgres_pids()}
+    s0, l0 = _cpu_seconds(server), time.process_time()
     phase = _run_loop(coro_factory())
-    s1, p1, l1 = _cpu_seconds(server), _cpu_seconds(_postgres_pids()), time.process_time()
+    s1, l1 = _cpu_seconds(server), time.process_time()
+    # Backends that exited meanwhile are lost either way; new ones count from zero.
+    pg_after = {pid: _cpu_seconds([pid]) for pid in _postgres_pids()}
+    p1 = sum(v - pg_before.get(pid, 0.0) for pid, v in pg_after.items())
+    p0 = 0.0
     n = max(1, len(phase.latencies) + phase.errors)
     return phase, {"server_cpu_ms_per_request": round((s1 - s0) * 1000 / n, 3),
                    "postgres_cpu_ms_per_request": round((p1 - p0) * 1000 / n, 3),

@@ -87,6 +87,7 @@ def serve(host: str = typer.Option(None, help="default FLEET_HOST (127.0.0.1)"),
     import uvicorn
 
     from control_plane.db.migrate import upgrade
+    from control_plane.http_protocol import header_deadline_protocol
     from control_plane.settings import get_settings
 
     _setup_logging()
@@ -95,7 +96,7 @@ def serve(host: str = typer.Option(None, help="default FLEET_HOST (127.0.0.1)"),
         upgrade(str(s.database_url))
     uvicorn.run("control_plane.main:create_app", factory=True, host=host or s.host, port=port or s.port,
                 workers=workers or s.workers, log_level=s.log_level.lower(), access_log=False,
-                proxy_headers=True, server_header=False)
+                proxy_headers=True, server_header=False, http=header_deadline_protocol(s.client_timeout_s))
 
 
 @db_app.command("upgrade")

@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
     dashboards.mount(app)  # the operator UI under /dashboard (static files, no torch)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
-                       max_sketch_bytes=settings.max_sketch_bytes)
+                       max_sketch_bytes=settings.max_sketch_bytes, body_timeout_s=settings.client_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -4,6 +4,7 @@ replica reports the same values."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -86,17 +87,39 @@ class MetricsMiddleware:
 
 class BodyLimitMiddleware:
     """413 for bodies over the cap, before they are read: by Content-Length, and by counting when
-    the body is chunked. Sketch uploads have their own (smaller) cap."""
+    the body is chunked. Sketch uploads have their own (smaller) cap. 408 when a body stalls: no
+    piece of it for `body_timeout_s` (a slow client cannot hold a request open for ever)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_sketch_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_sketch_bytes: int, body_timeout_s: float = 10.0) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_sketch = max_sketch_bytes
+        self.body_timeout_s = body_timeout_s
+
+    def _timed(self, receive: Receive) -> Receive:
+        """`receive`, with a deadline on each piece of the body until its last one arrived."""
+        done = False
+
+        async def timed_receive() -> Message:
+            nonlocal done
+            if done:
+                return await receive()  # e.g. waiting for a disconnect while a response streams
+            try:
+                async with asyncio.timeout(self.body_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(408, f"the request body stalled: nothing arrived for {self.body_timeout_s:g} s; "
+                                         "send the whole body promptly") from None
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        return timed_receive
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
+        receive = self._timed(receive)
         cap = self.max_sketch if scope["path"].endswith("/sketches") else self.max_body
         for name, value in scope.get("headers", ()):
             if name == b"content-length":

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_048_576
     # Most telemetry records in one POST (422 above).
     max_telemetry_records: int = 500
+    # A client has this long to send its request headers (`qsae-fleet serve` closes the connection
+    # after) and at most this long between two pieces of a request body (408), seconds.
+    client_timeout_s: float = 10.0
     # Requests per device per minute on the device API (429 with Retry-After above); 0 = no limit.
     rate_limit_per_minute: int = 600
     # How stale a cached token lookup may be: a revoked token stops working within this many

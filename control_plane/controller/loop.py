@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from control_plane.controller.triggers import (
     decide,
     idempotency_key,
 )
-from control_plane.schemas import DevicePublic, PolicyPublic, RolloutPublic, TelemetryPublic
+from control_plane.schemas import DevicePublic, JobPublic, PolicyPublic, RolloutPublic, TelemetryPublic
 from control_plane.services import FleetStore
 from control_plane.services import events as event_service
 from qsae_shared.sketch import parse_sketch, select_recent
@@ -155,6 +155,7 @@ class Controller:
             deployed_at=deployed_at if deployed_at is not None or not device.deployed_version else None,
             baseline=baseline, recent=recent, reference_hist=reference, latest_hist=latest_hist,
             has_sketches=fresh_samples >= self.config.min_fresh_samples)
+        state = replace(state, last_refused=self._refused(device.id, last_job))
         decision = decide(state, tp)
         if decision.drift is not None:
             self.store.record_drift(device.id, decision.drift)
@@ -172,6 +173,13 @@ class Controller:
                         extra={"device_id": device.id, "job_id": job.id})
             return decision.reasons
         return []
+
+    def _refused(self, device_id: str, job: JobPublic | None) -> bool:
+        """Whether the device refused (or rolled back) the version the last job made."""
+        if job is None or job.version_id is None:
+            return False
+        events = self.store.db.run(event_service.list_events, device_id, 200)
+        return any(e.version_id == job.version_id and e.kind in FAILED_KINDS for e in events)
 
     def _applied_at(self, device: DevicePublic) -> float | None:
         events = self.store.db.run(event_service.list_events, device.id, 200)

@@ -55,6 +55,7 @@ class DeviceState:
     reference_hist: np.ndarray | None = None  # (C, B) histograms the deployed version was built from
     latest_hist: np.ndarray | None = None  # (C, B) histograms of the newest sketch
     has_sketches: bool = True
+    last_refused: bool = False  # the device refused or rolled back the last retrain's version
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ def decide(state: DeviceState, policy: TriggerPolicy) -> Decision:
             reasons.append(f"interval: deployed {state.now - state.deployed_at:.0f} s ago")
     blocked = None
     if reasons:
-        if state.has_active_job:
+        if state.last_refused and not any(r.startswith(("drift", "interval")) for r in reasons):
+            blocked = "the device refused the last version; waiting for drift or the interval"
+        elif state.has_active_job:
             blocked = "a retrain for this device is already queued or running"
         elif state.last_job_at is not None and state.now - state.last_job_at < policy.debounce_s:
             blocked = f"debounced: last job {state.now - state.last_job_at:.0f} s ago"
