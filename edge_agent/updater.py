@@ -11,23 +11,27 @@ by more than the manifest's `rollback_accuracy_drop_pp`. Every transition become
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from edge_agent.backoff import Backoff
 from edge_agent.client import Assignment, FleetClient
-from edge_agent.errors import InstallError, RejectedError
+from edge_agent.errors import InstallError, NotEnrolledError, RejectedError, RetryableError
 from edge_agent.model import LoadedModel
 from edge_agent.runtime import Runtime
+from edge_agent.state import load_credentials, save_credentials
 from edge_agent.store import Blocked, ModelStore, Pointer
 from edge_agent.telemetry import WindowSummary
 from qsae_shared.errors import ArtifactError, SignatureError, WireFormatError
+from qsae_shared.keyrotation import chain_from_manifest_extra, follow
 from qsae_shared.manifest import Manifest
 from qsae_shared.signing import verify_manifest
 from qsae_shared.sketch import SketchBuilder
@@ -105,7 +109,14 @@ class Updater:
             return
         attempts = (blocked.attempts if blocked and blocked.manifest_digest == digest else 0) + 1
         try:
-            self.install(desired, assignment.manifest)
+            try:
+                self.install(desired, assignment.manifest)
+            except (InstallError, RetryableError):
+                raise
+            except Exception as exc:  # e.g. a full disk: not the version's fault, but no hot loop either
+                logger.exception("device_id=%s model_version=%s install failed unexpectedly", self.device_id,
+                                 desired)
+                raise InstallError(f"install failed on the device: {type(exc).__name__}: {exc}") from exc
         except InstallError as exc:
             final = exc.final or attempts >= self.max_attempts
             self.store.block(desired, Blocked(str(exc), final, attempts, digest))
@@ -153,6 +164,8 @@ class Updater:
         try:
             verify_manifest(manifest, self.signing_keys)
         except SignatureError as exc:
+            if self._follow_key_rotation(manifest):
+                return self._verified_manifest(version, doc)
             raise InstallError(f"{exc} (keys pinned at enrollment: "
                                       f"{', '.join(sorted(self.signing_keys)) or 'none'})", final=True) from exc
         if manifest.version_id != version:
@@ -161,6 +174,28 @@ class Updater:
             raise InstallError(f"version {version} is built on {manifest.base_model}, this device "
                                       f"runs {self.base_model}", final=True)
         return manifest
+
+    def _follow_key_rotation(self, manifest: Manifest) -> bool:
+        """A manifest signed by a key this device does not pin may carry the server's rotation
+        announcements (qsae_shared.keyrotation): follow them from the pinned keys, and pin the new
+        key if, and only if, the chain reaches the manifest's key and the manifest verifies."""
+        if manifest.key_id in self.signing_keys:
+            return False  # a pinned key with a bad signature: nothing to follow
+        keys, applied = follow(self.signing_keys, chain_from_manifest_extra(manifest.extra))
+        if manifest.key_id not in keys:
+            return False
+        try:
+            verify_manifest(manifest, keys)
+        except SignatureError:
+            return False
+        self.signing_keys.clear()
+        self.signing_keys.update(keys)  # the dict the agent's credentials hold: pinned from now on
+        state_dir = self.store.pointer_path.parent
+        with contextlib.suppress(NotEnrolledError):  # no state folder (tests): pinned in memory only
+            save_credentials(state_dir, replace(load_credentials(state_dir), signing_keys=dict(keys)))
+        logger.info("device_id=%s followed %d signing key rotation(s) to %s; pinned keys now %s", self.device_id,
+                    len(applied), manifest.key_id, ", ".join(sorted(keys)))
+        return True
 
     def _download(self, sha256: str, dest: Any, size: int) -> str:
         try:

@@ -40,6 +40,14 @@ class DispatcherConfig:
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
+def db_unavailable(exc: BaseException) -> bool:
+    """A lost database (restarting, unreachable): wait and retry rather than die or fail the job."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and bool(exc.connection_invalidated))
+
+
 def worker_policy(p: PolicyPublic) -> dict[str, Any]:
     """The workers' Policy fields from the control plane's policy (method knobs live in `extra`)."""
     known = {"mode", "target_compression", "criteria", "compute", "search_steps"}
@@ -122,21 +130,30 @@ class Dispatcher:
         self._checkpoint = checkpoint
         self._checkpoint_ref_cache: Any = None
         self.inflight: dict[Any, _Inflight] = {}
+        self._unsubmitted: list[JobPublic] = []  # claimed, not started: the database went away meanwhile
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         logger.info("dispatcher %s: claiming %s jobs, %d in parallel", self.config.worker_name,
                     "/".join(JOB_KINDS), self.config.max_parallel)
         while not stop.is_set():
-            claimed = self._claim_up_to_capacity()
-            if self.inflight:
-                refs = [f.ref for f in self.inflight.values()]
-                ready, _ = self.ray.wait(refs, num_returns=1, timeout=1.0)
-                for ref in ready:
-                    self._finish(self.inflight.pop(ref))
-                self._heartbeat()
-            elif not claimed:
-                self.store.wait_for_work(self.config.poll_s)
+            try:
+                claimed = self._claim_up_to_capacity()
+                if self.inflight:
+                    refs = [f.ref for f in self.inflight.values()]
+                    ready, _ = self.ray.wait(refs, num_returns=1, timeout=1.0)
+                    for ref in ready:
+                        self._finish(self.inflight[ref])
+                        del self.inflight[ref]  # only once recorded: a lost database keeps the result
+                    self._heartbeat()
+                elif not claimed:
+                    self.store.wait_for_work(self.config.poll_s)
+            except Exception as exc:
+                if not db_unavailable(exc):
+                    raise
+                logger.warning("database unavailable (%s); %d job(s) in flight wait, retrying in %.0f s",
+                               type(exc).__name__, len(self.inflight), self.config.poll_s)
+                stop.wait(self.config.poll_s)
 
     def run_until_idle(self, timeout_s: float = 600.0) -> int:
         """Run jobs until the queue is empty and nothing is in flight (tests, benchmarks)."""
@@ -155,13 +172,19 @@ class Dispatcher:
     def _claim_up_to_capacity(self) -> int:
         claimed = 0
         while len(self.inflight) < self.config.max_parallel:
-            job = self.store.claim_next_job(self.config.worker_name, kinds=JOB_KINDS)
+            # a job claimed while the database went away is submitted before any new claim
+            job = (self._unsubmitted.pop(0) if self._unsubmitted
+                   else self.store.claim_next_job(self.config.worker_name, kinds=JOB_KINDS))
             if job is None:
                 break
             claimed += 1
             try:
                 self._submit(job)
             except Exception as exc:  # a job we cannot even start fails with the reason, and we go on
+                if db_unavailable(exc):
+                    if all(f.job.id != job.id for f in self.inflight.values()):
+                        self._unsubmitted.append(job)
+                    raise
                 logger.exception("job %s: cannot start", job.id)
                 self.store.fail_job(job.id, f"cannot start: {exc}", retry=False)
         return claimed
@@ -238,6 +261,8 @@ class Dispatcher:
             else:
                 self._finish_retrain(job, result, f.context)
         except Exception as exc:
+            if db_unavailable(exc):
+                raise  # keep the result in flight: recorded once the database is back
             logger.exception("job %s: recording the result failed", job.id)
             self.store.fail_job(job.id, f"recording the result failed: {exc}"[:2000], retry=True)
 

@@ -1,0 +1,149 @@
+"""A loopback TCP proxy the benchmark controls: it forwards agent traffic to the control plane,
+and on `cut()` resets every open connection and refuses new ones until `restore()` (a network
+cut: the agent sees connection resets and refused connects, whatever it was sending).
+
+It also tells when a request is in flight (a client sent bytes that have no answer yet), so a
+kill can land in the middle of an upload."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+import time
+
+logger = logging.getLogger(__name__)
+
+
+class _Link:
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.last_request = 0.0  # monotonic time client bytes were last forwarded
+        self.last_answer = 0.0  # monotonic time server bytes were last forwarded
+
+    @property
+    def in_flight(self) -> bool:
+        return self.last_request > self.last_answer
+
+    def reset(self) -> None:
+        for s in (self.client, self.upstream):
+            with contextlib.suppress(OSError):  # RST instead of FIN: the peer sees a reset
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+class CutProxy:
+    def __init__(self, target_port: int, listen_port: int = 0) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", listen_port))
+        self._sock.listen(128)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._cut = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._links: set[_Link] = set()
+        self.connections = 0  # accepted in total
+        self.refused = 0  # connections reset while cut
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._thread = threading.Thread(target=self._accept, name="cut-proxy", daemon=True)
+        self._thread.start()
+
+    # ----- control -----
+    def cut(self) -> int:
+        """Drop every connection and refuse new ones; returns how many were open."""
+        self._cut.set()
+        with self._lock:
+            links, self._links = list(self._links), set()
+        for link in links:
+            link.reset()
+        logger.info("network cut: %d connections reset", len(links))
+        return len(links)
+
+    def restore(self) -> None:
+        self._cut.clear()
+        logger.info("network restored")
+
+    @property
+    def is_cut(self) -> bool:
+        return self._cut.is_set()
+
+    def in_flight(self) -> int:
+        """Connections with a request sent and not yet answered."""
+        with self._lock:
+            return sum(1 for link in self._links if link.in_flight)
+
+    def wait_in_flight(self, timeout_s: float) -> bool:
+        """Wait (polling, bounded) until some request is in flight."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.in_flight():
+                return True
+            time.sleep(0.002)
+        return False
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with self._lock:
+            links, self._links = list(self._links), set()
+        for link in links:
+            link.reset()
+
+    # ----- plumbing -----
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self._cut.is_set():
+                self.refused += 1
+                _Link(client, socket.socket()).reset()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:  # the server is down: the client sees a reset, as it would directly
+                _Link(client, socket.socket()).reset()
+                continue
+            link = _Link(client, upstream)
+            with self._lock:
+                self._links.add(link)
+            threading.Thread(target=self._pump, args=(link, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(link, False), daemon=True).start()
+
+    def _pump(self, link: _Link, upward: bool) -> None:
+        src, dst = (link.client, link.upstream) if upward else (link.upstream, link.client)
+        try:
+            while data := src.recv(65536):
+                if self._cut.is_set():
+                    break
+                if upward:
+                    link.last_request = time.monotonic()
+                    self.bytes_up += len(data)
+                else:
+                    link.last_answer = time.monotonic()
+                    self.bytes_down += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+            if not upward:
+                with self._lock:
+                    self._links.discard(link)
+                with contextlib.suppress(OSError):
+                    link.client.close()
+                with contextlib.suppress(OSError):
+                    link.upstream.close()

@@ -1,0 +1,153 @@
+"""Fixtures of the reliability and security tests: a fresh PostgreSQL database on the machine's
+server (migrated with Alembic) and the machine's Redis under a per-run key prefix, the app
+in-process (TestClient) and, for what needs real HTTP, uvicorn in a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from control_plane.db.migrate import upgrade
+from control_plane.main import create_app
+from control_plane.services import auth
+from control_plane.services.store import FleetStore
+from control_plane.settings import Settings
+from tests.reliability.helpers import ROOT, Dev, bearer, free_port, new_device
+
+PG_ADMIN = os.environ.get("QSAE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("QSAE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+ROLES = ("viewer", "operator", "admin")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"qsae_rel_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    prefix = f"qsae-rel-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    r = redis.Redis.from_url(REDIS_URL)
+    for k in r.scan_iter(match=prefix + "*"):
+        r.delete(k)
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One server state folder (artifacts, signing key) per test module."""
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="module")
+def settings(pg_url: str, redis_prefix: str, state_dir: Path) -> Settings:
+    return Settings(database_url=pg_url, redis_url=REDIS_URL, redis_prefix=f"{redis_prefix}{uuid.uuid4().hex[:6]}:",
+                    state_dir=state_dir, token_cache_ttl_s=0.5, rate_limit_per_minute=0, touch_interval_s=0.0,
+                    db_pool_size=4)
+
+
+@pytest.fixture(scope="module")
+def store(settings: Settings) -> Iterator[FleetStore]:
+    s = FleetStore(settings)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def keys(store: FleetStore) -> dict[str, str]:
+    """One API key per role."""
+    return {role: store.db.run(auth.create_api_key, name=f"{role}-{uuid.uuid4().hex[:6]}", role=role,
+                               actor="test")[1] for role in ROLES}
+
+
+@pytest.fixture(scope="module")
+def two_devices(client: TestClient, keys: dict[str, str]) -> tuple[Dev, Dev]:
+    return new_device(client, keys["operator"]), new_device(client, keys["operator"])
+
+
+class LiveServer:
+    """The control plane as `qsae-fleet serve` runs it (uvicorn, its HTTP protocol) in a subprocess."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with open(log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "control_plane.cli", "serve", "--no-migrate", "--host", "127.0.0.1",
+                 "--port", str(self.port)], cwd=ROOT, env=env, stdout=fh, stderr=fh)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"control plane exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.close()
+        raise RuntimeError(f"control plane did not become ready: {log.read_text()[-2000:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def live_env(settings: Settings, admin_key: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env.update({"FLEET_DATABASE_URL": str(settings.database_url), "FLEET_REDIS_URL": str(settings.redis_url),
+                "FLEET_REDIS_PREFIX": settings.redis_prefix, "FLEET_STATE_DIR": str(settings.state_dir),
+                "FLEET_BOOTSTRAP_ADMIN_KEY": admin_key, "FLEET_LOG_LEVEL": "WARNING",
+                "FLEET_RATE_LIMIT_PER_MINUTE": "0", **extra})
+    return env
+
+
+@pytest.fixture(scope="module")
+def live_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Start live servers with `live_factory(env)`; all are stopped after the module."""
+    servers: list[LiveServer] = []
+
+    def start(env: dict[str, str]) -> LiveServer:
+        server = LiveServer(env, tmp_path_factory.mktemp("live") / "server.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+__all__ = ["bearer"]

@@ -1,0 +1,68 @@
+"""Helpers shared by the reliability and security tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qsae_shared.sketch import SketchBuilder
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_MODEL = "fmnist-cnn"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class Dev:
+    id: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return bearer(self.token)
+
+
+def new_device(client: Any, operator_key: str, base_model: str = BASE_MODEL) -> Dev:
+    """Create a device (operator API) and enroll it; works with TestClient and httpx.Client."""
+    r = client.post("/api/v1/devices", headers=bearer(operator_key),
+                    json={"name": f"rel-{uuid.uuid4().hex[:10]}", "labels": {}, "base_model": base_model})
+    assert r.status_code == 201, r.text
+    e = client.post("/api/v1/enroll", json={"enrollment_token": r.json()["enrollment_token"], "agent_version": "t"})
+    assert e.status_code == 200, e.text
+    return Dev(e.json()["device_id"], e.json()["device_token"])
+
+
+def record(seq: int, **kw: Any) -> dict[str, Any]:
+    now = time.time()
+    r = {"uuid": str(uuid.uuid4()), "seq": seq, "window_start": now - 60, "window_end": now,
+         "inference_count": 100, "labelled_count": 10, "labelled_correct": 9, "estimated_accuracy": 0.9,
+         "mean_confidence": 0.85, "latency_p50_ms": 0.2, "latency_p95_ms": 0.4, "deployed_version": None,
+         "outbox_dropped": 0}
+    r.update(kw)
+    return r
+
+
+def sketch(device_id: str, seq: int = 0, channels: int = 4, hw: int = 6, n: int = 8, bins: int = 8,
+           max_bytes: int = 64 * 1024) -> bytes:
+    """A valid sketch upload (wire format) of the given dimensions."""
+    edges = np.tile(np.linspace(-1, 3, bins + 1, dtype=np.float32), (channels, 1))
+    b = SketchBuilder(device_id, BASE_MODEL, edges, max_bytes=max_bytes, seed=seq)
+    b.seq = seq
+    rng = np.random.default_rng(seq)
+    b.update(rng.random((n, channels, hw, hw)).astype(np.float32), rng.dirichlet(np.ones(10), n), now=1.0 + seq)
+    return b.emit()
