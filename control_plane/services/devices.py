@@ -179,7 +179,8 @@ def list_devices(s: Session, rules: StateRules, *, cohort: str | None = None, st
     if state:
         base = base.where(st == state)
     total = s.scalar(select(func.count()).select_from(base.subquery())) or 0
-    key = {"state": st, "compression_ratio": ModelVersion.compression_ratio}.get(sort, getattr(Device, sort))
+    computed = {"state": st, "compression_ratio": ModelVersion.compression_ratio}
+    key = computed[sort] if sort in computed else getattr(Device, sort)  # (a .get default is evaluated: 500)
     order = [key.desc().nulls_last() if descending else key.asc().nulls_last(), Device.id]
     rows = s.execute(base.order_by(*order).limit(limit).offset(offset)).all()
     return _with_accuracy(s, [_decorate(r) for r in rows], rules.now), int(total)

@@ -6,8 +6,10 @@ commit; a failed batch is retried request by request, so one bad request fails a
 
 On PostgreSQL the writer owns one asyncpg connection and sends a batch as a single
 `INSERT ... SELECT FROM unnest(arrays)`; elsewhere (SQLite) it uses SQLAlchemy Core. The devices'
-`last_seen_at` / `deployed_version` are derived state: they are collected in memory and written at
-most every `touch_interval_s` in their own small transaction, rows locked in id order."""
+`last_seen_at` / `deployed_version` are derived state: they are collected in memory and written by
+a background task every `touch_interval_s` in their own transaction (rows in id order), never in
+the way of an ack; a device written less than TOUCH_MIN_AGE_S ago with an unchanged version is
+skipped. With `touch_interval_s=0` they are written before the acks (tests, demos)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from control_plane.errors import UnavailableError
 from control_plane.schemas import TelemetryRecord
 
 logger = logging.getLogger(__name__)
+TOUCH_MIN_AGE_S = 15.0  # last_seen_at is refreshed at most this often per device (offline is minutes)
 _TELEMETRY = Telemetry.__table__
 _DEVICES = Device.__table__
 
@@ -45,14 +48,6 @@ FROM unnest($2::varchar[], $3::bigint[], $4::varchar[], $5::float8[], $6::float8
      AS t(device_id, seq, uuid, ws, we, n, lc, lk, ea, mc, p50, p95, ver, dropped)
 ON CONFLICT (device_id, seq) DO NOTHING
 """
-_PG_LOCK = "SELECT id FROM devices WHERE id = ANY($1::varchar[]) ORDER BY id FOR UPDATE"
-_PG_TOUCH = """
-UPDATE devices AS d SET last_seen_at = GREATEST(d.last_seen_at, t.seen),
-       deployed_version = COALESCE(t.ver, d.deployed_version)
-FROM unnest($1::varchar[], $2::timestamptz[], $3::varchar[]) AS t(id, seen, ver) WHERE d.id = t.id
-"""
-
-
 @dataclass
 class _Pending:
     device_id: str
@@ -79,13 +74,16 @@ class TelemetryWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._touches: dict[str, tuple[dt.datetime, str | None]] = {}  # device -> (seen, version)
-        self._touched_at = 0.0
+        self._written: dict[str, tuple[float, str | None]] = {}  # device -> (monotonic, version) last written
+        self._toucher: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed
         self.records_acked = 0  # records acknowledged (new or already stored)
 
     async def start(self) -> None:
         self._closing = False
         self._task = asyncio.create_task(self._run(), name="telemetry-writer")
+        if self.touch_interval_s > 0:
+            self._toucher = asyncio.create_task(self._touch_loop(), name="device-touches")
 
     async def stop(self) -> None:
         """Write what is queued and the pending device touches, then stop."""
@@ -95,8 +93,13 @@ class TelemetryWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._toucher is not None:
+            self._toucher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._toucher
+            self._toucher = None
         with contextlib.suppress(Exception):
-            await self._flush_touches(force=True)
+            await self._flush_touches()
         if self._pg is not None:
             with contextlib.suppress(Exception):
                 await self._pg.close()
@@ -126,10 +129,7 @@ class TelemetryWriter:
                 if self._closing:
                     return
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(self.touch_interval_s, 0.1))
-                except TimeoutError:
-                    await self._flush_touches_logged()
+                await self._wake.wait()
                 continue
             await asyncio.sleep(0)  # let requests already received join this batch
             batch: list[_Pending] = []
@@ -168,11 +168,9 @@ class TelemetryWriter:
             await self._write_sqlalchemy(now, records)
         self.batches += 1
         self.records_acked += len(records)
-        for device_id, r in records:  # sorted by seq: the newest record's version wins
-            prev = self._touches.get(device_id)
-            version = r.deployed_version if r.deployed_version is not None else (prev[1] if prev else None)
-            self._touches[device_id] = (now, version)
-        await self._flush_touches_logged()  # when due; before the acks, so a client sees its last_seen
+        self._collect_touches(now, records)
+        if self.touch_interval_s <= 0:
+            await self._flush_touches_logged()  # before the acks: a client then sees its last_seen
         for p in batch:
             if not p.future.done():
                 p.future.set_result([r.seq for r in p.records])
@@ -214,30 +212,42 @@ class TelemetryWriter:
         async with self.engine.begin() as conn:
             await conn.execute(self._insert, rows)
 
+    def _collect_touches(self, now: dt.datetime, records: list[tuple[str, TelemetryRecord]]) -> None:
+        mono = time.monotonic()
+        for device_id, r in records:  # sorted by seq: the newest record's version wins
+            prev = self._touches.get(device_id)
+            version = r.deployed_version if r.deployed_version is not None else (prev[1] if prev else None)
+            written = self._written.get(device_id)
+            if (prev is None and written is not None and mono - written[0] < TOUCH_MIN_AGE_S
+                    and version in (None, written[1])):
+                continue
+            self._touches[device_id] = (now, version)
+
+    async def _touch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.touch_interval_s)
+            await self._flush_touches_logged()
+
     async def _flush_touches_logged(self) -> None:
         try:
             await self._flush_touches()
         except Exception as exc:  # derived state: keep the touches and try again later
             logger.warning("could not update devices' last_seen_at (%s); will retry", exc)
 
-    async def _flush_touches(self, force: bool = False) -> None:
-        if not self._touches or (not force and time.monotonic() - self._touched_at < self.touch_interval_s):
+    async def _flush_touches(self) -> None:
+        if not self._touches:
             return
         touches, self._touches = self._touches, {}
         try:
-            items = sorted(touches.items())
-            if self.postgres:
-                conn = await self._connection()
-                ids = [d for d, _ in items]
-                async with conn.transaction():
-                    await conn.execute(_PG_LOCK, ids)
-                    await conn.execute(_PG_TOUCH, ids, [s for _, (s, _) in items], [v for _, (_, v) in items])
-            else:
-                async with self.engine.begin() as conn:
-                    await conn.execute(self._touch, [{"b_id": d, "b_seen": s, "b_version": v}
-                                                     for d, (s, v) in items])
+            async with self.engine.begin() as conn:
+                await conn.execute(self._touch, [{"b_id": d, "b_seen": seen, "b_version": v}
+                                                 for d, (seen, v) in sorted(touches.items())])
         except Exception:
             for d, t in touches.items():  # keep newer touches that arrived meanwhile
                 self._touches.setdefault(d, t)
             raise
-        self._touched_at = time.monotonic()
+        mono = time.monotonic()
+        for d, (_, v) in touches.items():
+            self._written[d] = (mono, v)
+        if len(self._written) > 500_000:
+            self._written.clear()

@@ -204,3 +204,23 @@ def test_migrations_go_down_and_up_again(backend, tmp_path):
         if name:
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_device_touches_are_written_in_the_background(settings):
+    background = settings.model_copy(update={"touch_interval_s": 0.2})
+    with TestClient(create_app(background)) as c:
+        from control_plane.services import auth
+        from control_plane.services.store import FleetStore
+
+        st = FleetStore(background)
+        key = st.db.run(auth.create_api_key, name="o", role="operator", actor="t")[1]
+        d = make_device(c, {"operator": key})
+        r = c.post(f"/api/v1/devices/{d.id}/telemetry", headers=d.auth,
+                   json={"records": [record(0, deployed_version="v-bg")]})
+        assert r.status_code == 200
+        deadline = time.monotonic() + 5
+        while st.get_device(d.id).deployed_version != "v-bg" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = st.get_device(d.id)
+        assert got.deployed_version == "v-bg" and got.last_seen_at is not None
+        st.close()

@@ -78,3 +78,10 @@ def test_rollout_advances_when_every_moved_device_is_healthy():
 def test_a_regressing_canary_aborts_the_rollout():
     assert rollout_action(Outcomes(assigned=2, healthy=1, failed=1), {"max_failures": 1}) is Action.ABORT
     assert rollout_action(Outcomes(assigned=4, healthy=2, failed=1), {"max_failures": 2}) is Action.WAIT
+
+
+def test_a_refused_version_is_not_retried_until_the_data_moves():
+    d = decide(state(deployed_at=None, last_refused=True), POLICY)
+    assert not d.enqueue and d.blocked.startswith("the device refused")
+    shifted = np.tile(np.array([5, 15, 30, 50]), (4, 1))
+    assert decide(state(latest_hist=shifted, last_refused=True), POLICY).enqueue

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from control_plane.api import API_PREFIX
 from control_plane.api.deps import Admin, Ctx, Viewer
-from control_plane.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditPublic, Me
+from control_plane.schemas import MAX_INT, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditPublic, Me
 from control_plane.services import audit, auth
 
 router = APIRouter(prefix=API_PREFIX, tags=["admin"])
@@ -44,7 +44,7 @@ async def revoke_api_key(key_id: str, principal: Admin, ctx: Ctx) -> ApiKeyPubli
 @router.get("/audit", response_model=list[AuditPublic])
 async def list_audit(principal: Viewer, ctx: Ctx, subject_type: str | None = None, subject_id: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> list[AuditPublic]:
+                     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> list[AuditPublic]:
     rows = await ctx.db.run(audit.list_events, subject_type=subject_type, subject_id=subject_id,
                             limit=limit, offset=offset)
     return [AuditPublic.model_validate(r) for r in rows]

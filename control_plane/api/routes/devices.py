@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Query, status
 from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Operator, Viewer
 from control_plane.schemas import (
+    MAX_INT,
     DeviceCreate,
     DeviceCreated,
     DeviceDetail,
@@ -53,7 +54,7 @@ async def list_devices(principal: Viewer, ctx: Ctx,
                                      "compression_ratio"] = "name",
                        order: Literal["asc", "desc"] = "asc",
                        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> DeviceList:
+                       offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> DeviceList:
     items, total = await ctx.db.run(devices.list_devices, ctx.rules(), cohort=cohort, state=state,
                                     base_model=base_model, q=q, sort=sort, descending=order == "desc",
                                     limit=limit, offset=offset)

@@ -14,12 +14,15 @@ from control_plane.schemas import FleetSeries, FleetSeriesPoint, FleetSummary
 from control_plane.services import fleet
 
 router = APIRouter(prefix=f"{API_PREFIX}/fleet", tags=["fleet"])
+MAX_TIMESTAMP = 1e11  # unix seconds (year 5138): later ones cannot be dates
 
 
 @router.get("/series", response_model=FleetSeries, responses={422: {}})
 async def series(principal: Viewer, ctx: Ctx,
-                 since: Annotated[float | None, Query(description="unix seconds; default 6 hours ago")] = None,
-                 until: Annotated[float | None, Query(description="unix seconds; default now")] = None,
+                 since: Annotated[float | None, Query(ge=0, le=MAX_TIMESTAMP,
+                                                      description="unix seconds; default 6 hours ago")] = None,
+                 until: Annotated[float | None, Query(ge=0, le=MAX_TIMESTAMP,
+                                                      description="unix seconds; default now")] = None,
                  bucket_s: Annotated[float, Query(gt=0, le=7 * 86400)] = 300.0) -> FleetSeries:
     """Fleet accuracy (labelled, pooled; estimated, mean) and the mean compression of what the
     devices ran, per time bucket of received telemetry."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Path, status
 
 from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Operator, Viewer
-from control_plane.schemas import RolloutAction, RolloutCreate, RolloutPublic
+from control_plane.schemas import MAX_INT, RolloutAction, RolloutCreate, RolloutPublic
 from control_plane.services import rollouts
 
 router = APIRouter(prefix=f"{API_PREFIX}/rollouts", tags=["rollouts"])
@@ -43,12 +43,12 @@ async def create_rollout(body: RolloutCreate, principal: Operator, ctx: Ctx) -> 
 
 
 @router.get("/{rollout_id}", response_model=RolloutPublic, responses={404: {}})
-async def get_rollout(rollout_id: int, principal: Viewer, ctx: Ctx) -> RolloutPublic:
+async def get_rollout(rollout_id: Annotated[int, Path(ge=0, le=MAX_INT)], principal: Viewer, ctx: Ctx) -> RolloutPublic:
     return await ctx.db.run(_with_count(rollouts.get_rollout), rollout_id)
 
 
 def _action(name: str, fn: Callable[..., Any], doc: str) -> None:
-    async def endpoint(rollout_id: int, principal: Operator, ctx: Ctx,
+    async def endpoint(rollout_id: Annotated[int, Path(ge=0, le=MAX_INT)], principal: Operator, ctx: Ctx,
                        body: RolloutAction | None = None) -> RolloutPublic:
         return await ctx.db.run(_with_count(fn), rollout_id, actor=principal.actor,
                                 reason=(body or RolloutAction()).reason)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Operator, Viewer
-from control_plane.schemas import VersionList, VersionPublic, VersionStatus, VersionStatusUpdate
+from control_plane.schemas import MAX_INT, VersionList, VersionPublic, VersionStatus, VersionStatusUpdate
 from control_plane.services import versions
 
 router = APIRouter(prefix=f"{API_PREFIX}/versions", tags=["versions"])
@@ -22,7 +22,7 @@ def _public(ctx: Ctx, v: Any) -> VersionPublic:
 async def list_versions(principal: Viewer, ctx: Ctx, device_id: str | None = None,
                         base_model: str | None = None, status: VersionStatus | None = None,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                        offset: Annotated[int, Query(ge=0)] = 0) -> VersionList:
+                        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> VersionList:
     items, total = await ctx.db.run(versions.list_versions, device_id=device_id, base_model=base_model,
                                     status=status, limit=limit, offset=offset)
     return VersionList(items=[_public(ctx, v) for v in items], total=total)
