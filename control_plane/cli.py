@@ -15,9 +15,11 @@ app = typer.Typer(help="QSAE Fleet server side: control plane, workers, controll
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 apikey_app = typer.Typer(help="Operator API keys.", no_args_is_help=True)
 device_app = typer.Typer(help="Devices (the operator API, from the shell).", no_args_is_help=True)
+keys_app = typer.Typer(help="Manifest signing keys (rotation: docs/security.md).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(device_app, name="device")
+app.add_typer(keys_app, name="keys")
 
 
 def _setup_logging() -> None:
@@ -178,6 +180,32 @@ def device_create(name: str, base_model: str = typer.Option(..., help="registere
     finally:
         store.close()
     typer.echo(json.dumps({"device_id": d.id, "enrollment_token": token}))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Print the current signing key and every key devices are told to trust."""
+    from control_plane.keyring import trusted_public_keys
+    from control_plane.keys import load_or_create_signing_key
+    from control_plane.settings import get_settings
+
+    signer = load_or_create_signing_key(get_settings().signing_key_file)  # type: ignore[arg-type]
+    typer.echo(json.dumps({"current": signer.key_id, "trusted": trusted_public_keys(signer)}, indent=1))
+
+
+@keys_app.command("rotate")
+def keys_rotate(retire_previous: bool = typer.Option(False, help="devices that follow stop trusting the old key")
+                ) -> None:
+    """Sign with a new key from now on, announced with the current one (devices follow the
+    announcement; running servers and workers pick the new key up without a restart)."""
+    from control_plane.keyring import rotate_signing_key
+    from control_plane.keys import load_or_create_signing_key
+    from control_plane.settings import get_settings
+
+    path = get_settings().signing_key_file
+    load_or_create_signing_key(path)  # type: ignore[arg-type]
+    ann = rotate_signing_key(path, retire_previous=retire_previous)  # type: ignore[arg-type]
+    typer.echo(json.dumps(ann.to_dict(), indent=1))
 
 
 if __name__ == "__main__":

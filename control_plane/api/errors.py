@@ -32,10 +32,18 @@ async def wire_format_error(request: Request, exc: Exception) -> JSONResponse:
     return _json(status, str(exc))
 
 
+# PostgreSQL's answer to text it cannot store (a NUL character, an invalid encoding): only a
+# client sends such text, so it is the client's error, not the server's.
+UNSTORABLE_TEXT = ("22021", "22P05")  # character_not_in_repertoire, untranslatable_character
+
+
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
         logger.error("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return _json(503, "the database is unavailable right now; retry shortly", {"Retry-After": "5"})
+    if getattr(getattr(exc, "orig", None), "sqlstate", None) in UNSTORABLE_TEXT:
+        return _json(422, "the request holds text that cannot be stored (a NUL character or invalid UTF-8); "
+                          "remove it and retry")
     return await unexpected_error(request, exc)
 
 

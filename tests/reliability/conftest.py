@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -151,3 +152,12 @@ def live_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 __all__ = ["bearer"]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Report how many requests the API fuzzing generated (issue 9 asks for the number)."""
+    from tests.reliability import test_fuzz
+
+    if test_fuzz.CASES:
+        terminalreporter.write_line(f"schemathesis: {sum(test_fuzz.CASES.values())} generated requests over "
+                                    f"{len(test_fuzz.CASES)} operations of the OpenAPI")
