@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from control_plane.db.migrate import upgrade
 
     devices_n = args.devices or (2_000 if args.quick else 10_000)
-    duration = args.duration or (10.0 if args.quick else 60.0)
+    duration = args.duration or (15.0 if args.quick else 60.0)
     db = f"qsae_ingest_bench_{os.getpid()}"
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -320,10 +320,10 @@ def _run_loop(coro: Any) -> Any:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="2,000 devices, 10 s per phase")
+    p.add_argument("--quick", action="store_true", help="2,000 devices, 15 s per phase")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--devices", type=int, help="devices to enroll (default 10,000; quick 2,000)")
-    p.add_argument("--duration", type=float, help="seconds per phase (default 60; quick 10)")
+    p.add_argument("--duration", type=float, help="seconds per phase (default 60; quick 15)")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--redis", default=None, help="Redis URL for rate limits (default: none)")

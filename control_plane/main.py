@@ -78,7 +78,8 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
                     await db.run(auth.ensure_api_key, secret=settings.bootstrap_admin_key, role="admin",
                                  name="bootstrap admin")
             except Exception as exc:  # keep serving: /readyz says what is wrong
-                logger.error("database not ready (%s); run `qsae-fleet db upgrade`", exc)
+                logger.error("startup database step failed (%s); /readyz tells whether the schema needs "
+                             "`qsae-fleet db upgrade`", exc)
             await writer.start()
             app.state.ctx = ctx
             logger.info("control plane ready (database %s, redis %s)", db.dialect,

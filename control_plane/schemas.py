@@ -26,6 +26,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null", allow_inf_nan=False)
 
 
+class DeviceSent(BaseModel):
+    """What agents send: unknown fields are ignored, so a newer agent's records still land on an
+    older server (an agent drops a record the server refuses, so refusing costs data)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
 class Public(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -47,7 +54,7 @@ class EnrollResponse(BaseModel):
 
 
 # --- telemetry ----------------------------------------------------------------------------
-class TelemetryRecord(Strict):
+class TelemetryRecord(DeviceSent):
     uuid: str = Field(min_length=1, max_length=64, examples=["0b6a1f0e-3d1c-4c4e-9f53-5a0c2b8e7d11"])
     seq: int = Field(ge=0, le=MAX_INT, examples=[41])
     window_start: float = Field(examples=[1764380000.0])
@@ -77,7 +84,7 @@ class TelemetryRecord(Strict):
         return v
 
 
-class TelemetryBatch(Strict):
+class TelemetryBatch(DeviceSent):
     records: list[TelemetryRecord] = Field(min_length=1, description="at most FLEET_MAX_TELEMETRY_RECORDS")
 
 
@@ -145,7 +152,7 @@ class Assignment(BaseModel):
     reason: str = Field(examples=["retrain job 12: drift 0.21 > 0.10"])
 
 
-class DeviceEventIn(Strict):
+class DeviceEventIn(DeviceSent):
     uuid: str = Field(min_length=1, max_length=64, examples=["a0c5d7e2-6f0b-4b8e-8f57-0e1a2b3c4d5e"])
     kind: EventKind = Field(examples=["applied"])
     version_id: str | None = Field(default=None, max_length=200, examples=["fmnist-cnn-d-3f9c-0007"])
@@ -153,7 +160,7 @@ class DeviceEventIn(Strict):
     at: float = Field(examples=[1764380123.5])
 
 
-class DeviceEventBatch(Strict):
+class DeviceEventBatch(DeviceSent):
     events: list[DeviceEventIn] = Field(min_length=1, max_length=500)
 
 

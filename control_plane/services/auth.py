@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
@@ -106,10 +107,15 @@ def create_api_key(s: Session, *, name: str, role: str, actor: str,
 
 def ensure_api_key(s: Session, *, secret: str, role: str, name: str) -> ApiKey:
     """Make sure a key with this exact secret exists (for FLEET_BOOTSTRAP_ADMIN_KEY)."""
-    existing = s.scalar(select(ApiKey).where(ApiKey.key_hash == security.hash_secret(secret)))
+    h = security.hash_secret(secret)
+    existing = s.scalar(select(ApiKey).where(ApiKey.key_hash == h))
     if existing is not None:
         return existing
-    return create_api_key(s, name=name, role=role, actor="system:bootstrap", secret=secret)[0]
+    try:
+        with s.begin_nested():  # replicas starting together race here
+            return create_api_key(s, name=name, role=role, actor="system:bootstrap", secret=secret)[0]
+    except (IntegrityError, ConflictError):
+        return s.scalars(select(ApiKey).where(ApiKey.key_hash == h)).one()
 
 
 def get_api_key(s: Session, key_id: str) -> ApiKey:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, func, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,6 +48,16 @@ FROM unnest($2::varchar[], $3::bigint[], $4::varchar[], $5::float8[], $6::float8
      AS t(device_id, seq, uuid, ws, we, n, lc, lk, ea, mc, p50, p95, ver, dropped)
 ON CONFLICT (device_id, seq) DO NOTHING
 """
+# Touches on PostgreSQL: rows locked in id order (no deadlock between replicas), then one update.
+_PG_TOUCH_LOCK = text("SELECT id FROM devices WHERE id = ANY(CAST(:ids AS varchar[])) ORDER BY id FOR UPDATE")
+_PG_TOUCH = text("""
+UPDATE devices AS d SET last_seen_at = GREATEST(d.last_seen_at, t.seen),
+       deployed_version = COALESCE(t.ver, d.deployed_version)
+FROM unnest(CAST(:ids AS varchar[]), CAST(:seen AS timestamptz[]), CAST(:vers AS varchar[])) AS t(id, seen, ver)
+WHERE d.id = t.id
+""")
+
+
 @dataclass
 class _Pending:
     device_id: str
@@ -238,10 +248,17 @@ class TelemetryWriter:
         if not self._touches:
             return
         touches, self._touches = self._touches, {}
+        items = sorted(touches.items())
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(self._touch, [{"b_id": d, "b_seen": seen, "b_version": v}
-                                                 for d, (seen, v) in sorted(touches.items())])
+                if self.postgres:
+                    ids = [d for d, _ in items]
+                    await conn.execute(_PG_TOUCH_LOCK, {"ids": ids})
+                    await conn.execute(_PG_TOUCH, {"ids": ids, "seen": [t[0] for _, t in items],
+                                                   "vers": [t[1] for _, t in items]})
+                else:
+                    await conn.execute(self._touch, [{"b_id": d, "b_seen": seen, "b_version": v}
+                                                     for d, (seen, v) in items])
         except Exception:
             for d, t in touches.items():  # keep newer touches that arrived meanwhile
                 self._touches.setdefault(d, t)

@@ -81,11 +81,16 @@ def test_telemetry_auth_errors(client, keys, device):
     {"records": [{**record(0), "estimated_accuracy": 1.5}]},
     {"records": [{**record(0), "labelled_correct": 11}]},
     {"records": [{**record(0), "window_end": 0.0}]},
-    {"records": [{**record(0), "surprise": 1}]},
 ])
 def test_telemetry_malformed_is_422(client, device, bad):
     r = client.post(f"/api/v1/devices/{device.id}/telemetry", headers=device.auth, json=bad)
     assert r.status_code == 422
+
+
+def test_telemetry_from_a_newer_agent_with_extra_fields_is_stored(client, device, store):
+    r = client.post(f"/api/v1/devices/{device.id}/telemetry", headers=device.auth,
+                    json={"records": [{**record(0), "new_field": 1}], "batch_note": "x"})
+    assert r.status_code == 200 and r.json() == {"acked": [0]}
 
 
 def test_telemetry_too_many_records_and_too_large(client, device):
