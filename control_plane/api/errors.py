@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from asyncpg.exceptions import CannotConnectNowError
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -47,6 +48,13 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
     return await unexpected_error(request, exc)
 
 
+async def connection_error(request: Request, exc: Exception) -> JSONResponse:
+    """asyncpg raises the socket's own error (not a DBAPIError) when the database refuses new
+    connections, e.g. while it restarts: that is a 503 to retry, not a server bug."""
+    logger.error("%s %s: database unreachable: %s", request.method, request.url.path, exc)
+    return _json(503, "the database is unavailable right now; retry shortly", {"Retry-After": "5"})
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _json(500, "internal server error; the server log has the details")
@@ -56,4 +64,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ControlPlaneError, domain_error)
     app.add_exception_handler(WireFormatError, wire_format_error)
     app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(ConnectionError, connection_error)
+    app.add_exception_handler(CannotConnectNowError, connection_error)
     app.add_exception_handler(Exception, unexpected_error)
