@@ -35,15 +35,19 @@ class Calibration:
         return Calibration(self.stem_out[idx], self.logits[idx],
                            {k: v[idx] for k, v in self.inputs.items()}, source)
 
-    def split(self, holdout: float, seed: int = 0) -> tuple[Calibration, Calibration]:
-        """(fit, judge): a random `holdout` share is kept apart to judge KL on samples the
-        re-fit never saw (a re-fit on 512 samples reproduces them almost exactly)."""
-        if not 0.0 < holdout < 1.0 or self.size < 2:
-            return self, self
-        n_judge = min(max(1, round(holdout * self.size)), self.size - 1)
+    def folds(self, k: int, seed: int = 0) -> list[tuple[Calibration, Calibration]]:
+        """k (fit, judge) pairs whose judge parts cover every sample once (k-fold). A re-fit on
+        512 samples reproduces them almost exactly, so KL is judged on samples it never saw."""
+        if k < 2 or self.size < k:
+            return [(self, self)]
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
-        return (self.subset(order[n_judge:], f"{self.source} (fit)"),
-                self.subset(order[:n_judge], f"{self.source} (held out)"))
+        out = []
+        for f in range(k):
+            judge = order[f::k]
+            fit = torch.cat([order[g::k] for g in range(k) if g != f])
+            out.append((self.subset(fit, f"{self.source} (fit {f + 1}/{k})"),
+                        self.subset(judge, f"{self.source} (judge {f + 1}/{k})")))
+        return out
 
 
 @torch.no_grad()

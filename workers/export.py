@@ -65,12 +65,34 @@ def _uint8(t: torch.Tensor) -> tuple[float, int]:
     return scale, round(-lo / scale)
 
 
+def artifact_meta(p: Pruned, method: str | None = None, act: dict[int, ActQuant] | None = None) -> dict:
+    """What the artifact says about itself: the shrunk spec, which dense units it kept, the
+    method, and the activation ranges of int8-compute layers."""
+    return {"spec": p.spec, "keep": {str(k): [int(i) for i in v] for k, v in p.keep.items()},
+            "method": method,
+            "act": {str(i): [q.x_scale, q.x_zero_point, q.y_scale, q.y_zero_point]
+                    for i, q in (act or {}).items()}}
+
+
 def build_artifact(pruned: Pruned, compute: dict[int, str] | None = None,
-                   act: dict[int, ActQuant] | None = None, meta: dict | None = None) -> bytes:
+                   act: dict[int, ActQuant] | None = None, method: str | None = None) -> bytes:
+    """The artifact file (its size is what the compression ratio counts)."""
     compute = compute or {}
     graph = onnx_graph.build_graph(pruned.spec, compute, act).SerializeToString()
     return artifact.pack(graph, packed_tensors(pruned.net, pruned.spec, pruned.masks, compute),
-                         meta)
+                         artifact_meta(pruned, method, act if compute else None))
+
+
+def dense_onnx(net: nn.Sequential, spec: nets.Spec) -> bytes:
+    """The dense fp32 network as ONNX (the latency and accuracy reference; never shipped)."""
+    from onnx import numpy_helper
+
+    model = onnx_graph.build_graph(spec)
+    for i in nets.weighted_indices(spec):
+        w_name, b_name = onnx_graph.weight_names(i)
+        model.graph.initializer.append(numpy_helper.from_array(net[i].weight.detach().numpy(), w_name))
+        model.graph.initializer.append(numpy_helper.from_array(net[i].bias.detach().numpy(), b_name))
+    return model.SerializeToString()
 
 
 def session(model: bytes, threads: int = 1) -> ort.InferenceSession:

@@ -31,7 +31,7 @@ from workers.structure import Group, groups, prunable_layers
 
 @dataclass(frozen=True)
 class Schedule:
-    structured_share: float = 0.35  # units removed per group = structured_share * amount * weight_g * units
+    structured_share: float = 0.5  # units removed per group = structured_share * amount * weight_g * units
     max_structured: float = 0.875  # never remove more than this share of a group's units
     min_units: int = 1  # keep at least this many units in every group
     drop_dead: bool = True  # remove units of zero importance at any positive amount

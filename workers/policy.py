@@ -21,18 +21,18 @@ MODES = ("kl_budget", "target_compression")
 @dataclass(frozen=True)
 class Policy:
     mode: str = "kl_budget"  # "kl_budget": most pruning with KL <= budget; "target_compression": least KL at the ratio
-    kl_budget: float = 0.02  # nats, mean KL(dense || pruned) over the calibration set
+    kl_budget: float = 0.045  # nats, mean KL(dense || pruned) over held-out calibration samples
     target_compression: float = 16.0  # ratio to reach in target_compression mode
     min_compression: float = 8.0  # a result below this ratio is not deployable
     criteria: tuple[str, ...] = ("qsae",)  # the portfolio: each criterion is searched, the best kept
     schedule: Schedule = field(default_factory=Schedule)  # amount -> structured + unstructured masks
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)  # label-free re-fit
     qsae: QSAEConfig = field(default_factory=QSAEConfig)  # QSAE training
-    holdout: float = 0.25  # share of the calibration set the re-fit never sees; KL is judged on it
+    folds: int = 2  # KL is judged by k-fold cross-fitting: re-fit on k-1 parts, KL on the part left out
     refit_all: bool = True  # after the search, re-fit the chosen mask on the whole calibration set
     search_steps: int = 6  # bisection steps over the pruning amount
     max_amount: float = 0.98  # upper end of the amount search
-    compute: str = "fp32"  # per-layer compute: "fp32", "int8", or "auto" (measure each layer)
+    compute: str = "auto"  # per-layer compute after the stem: "auto" (measure each layer), "fp32" or "int8"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

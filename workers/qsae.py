@@ -3,14 +3,18 @@
 For a layer whose input has d units (channels or features) the QSAE is d -> k -> d:
     z = relu(fake_quant(W_enc) x~ + b),  x^ = (W_dec z + c) * rms
 trained on the dense activations with loss
-    ||x - x^||^2 / E||x||^2 + lambda * sum_j r_j * ||W_enc[:, j]||_1
-where x~ = x / rms (per-unit RMS, so column norms compare across units), and the encoder
-weights are fake-quantized to int8 per hidden unit with a straight-through estimator. With all
-r_j = 1 this is the plain L1 loss. Plain L1 cannot choose between two identical input units
-(|a| + |b| = |a + b|), so after the first phase the penalty is reweighted (r_j = 1 / (column
-mean + eps), normalized to mean 1; Candes, Wakin and Boyd 2008): columns that carry information
-get cheaper, redundant ones are driven to zero. `reweight_rounds = 0` gives the plain L1 loss.
-Unit j's importance is the L2 norm of encoder column j (after quantization).
+    ||x - x^||^2 / E||x||^2 + lambda * ||W_enc||_1
+where x~ = x / rms (per-unit RMS, so column norms compare across units), and the encoder weights
+are fake-quantized to int8 per hidden unit with a straight-through estimator. Unit j's importance
+is the L2 norm of encoder column j.
+
+The L1 term alone cannot choose between two identical input units (|a| + |b| = |a + b|: any
+split of the weight between them costs the same), so training continues with column
+elimination: every round the weakest quarter of the remaining columns is zeroed for good and
+the QSAE trains on, so the information of an eliminated unit moves to the units that carry the
+same signal, which then become *more* important. A unit's importance is its column norm when it
+was eliminated (survivors: at the end), made monotone in the elimination order: of two
+duplicates one is eliminated early and the other survives.
 
 Convolutional activations (N, C, H, W) are treated as N*H*W samples of a C-vector.
 """
@@ -30,13 +34,13 @@ from workers.quantization import fake_quant
 class QSAEConfig:
     hidden_ratio: float = 0.5  # k = max(2, round(hidden_ratio * d))
     lam: float = 3e-3  # lambda, weight of the L1 term
-    steps: int = 120  # optimizer steps per phase
-    reweight_rounds: int = 2  # reweighted-L1 phases after the plain-L1 phase (0 = plain L1)
+    steps: int = 150  # optimizer steps before the elimination rounds
+    eliminate: float = 0.25  # share of the remaining columns zeroed per elimination round (0 = none)
+    round_steps: int = 25  # optimizer steps after each elimination round
     batch: int = 256  # samples per step
     lr: float = 1e-2  # Adam learning rate
     max_rows: int = 8192  # at most this many activation vectors are used
     quantize: bool = True  # fake-quantize the encoder to int8 (False: the qsae-noquant ablation)
-    eps: float = 1e-3  # reweighting floor, relative to the mean column norm
     seed: int = 0  # torch seed for init and batches
 
 
@@ -79,25 +83,37 @@ def train_qsae(rows: torch.Tensor, cfg: QSAEConfig) -> tuple[QSAE, np.ndarray]:
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = QSAE(d, k, cfg.quantize)
-    reweight = torch.ones(d)
-    for phase in range(1 + cfg.reweight_rounds):
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        for _ in range(cfg.steps):
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    keep = alive.clone()  # columns still in play
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
             idx = torch.randint(len(x_in), (min(cfg.batch, len(x_in)),), generator=gen)
-            x = x_in[idx]  # (B, d)
-            recon = model(x) * scale  # (B, d), raw scale
+            recon = model(x_in[idx]) * scale  # (B, d), raw scale
             loss = (rows[idx] - recon).pow(2).sum(1).mean() / energy
-            loss = loss + cfg.lam * (model.enc.weight.abs() * reweight).sum()
+            loss = loss + cfg.lam * model.enc.weight.abs().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            with torch.no_grad():
+                model.enc.weight.mul_(keep.float())  # eliminated columns stay zero
+
+    train(cfg.steps)
+    importance = torch.zeros(d)
+    floor = 0.0
+    while cfg.eliminate > 0 and int(keep.sum()) > 1:
         with torch.no_grad():
-            col = model.encoder_weight().abs().mean(0)  # (d,)
-            r = 1.0 / (col + cfg.eps * col.mean().clamp_min(1e-12))
-            reweight = r / r.mean()
-        if phase == cfg.reweight_rounds:
-            break
+            norms = model.encoder_weight().norm(dim=0)  # (d,)
+        live = keep.nonzero().squeeze(1)
+        n_out = min(max(1, round(cfg.eliminate * len(live))), len(live) - 1)
+        out = live[torch.argsort(norms[live])[:n_out]]
+        for j in out.tolist():
+            floor = max(floor, float(norms[j]))  # monotone in the elimination order
+            importance[j] = floor
+        keep[out] = False
+        train(cfg.round_steps)
     with torch.no_grad():
-        importance = model.encoder_weight().norm(dim=0)  # (d,)
+        norms = model.encoder_weight().norm(dim=0)
+        importance = torch.where(keep, torch.maximum(norms, torch.tensor(floor)), importance)
         importance = torch.where(alive, importance, torch.zeros_like(importance))
     return model, importance.numpy().astype(np.float64)

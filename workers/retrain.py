@@ -29,7 +29,9 @@ from workers import calibration, export, importance, masks, nets, onnx_graph, pr
 from workers.calibration import Calibration
 from workers.errors import PolicyError
 from workers.masks import Pruned
+from workers.onnx_graph import ActQuant
 from workers.policy import DEFAULT_POLICY, Policy
+from workers.qsae import QSAEConfig
 from workers.recovery import quantize_weights, recover
 from workers.training import Checkpoint
 
@@ -81,54 +83,71 @@ def pruned_from_artifact(data: bytes) -> Pruned:
     return Pruned(spec, net.eval(), masks, keep)
 
 
-def _meta(p: Pruned, c: search.Candidate | None) -> dict:
-    return {"spec": p.spec, "keep": {str(k): [int(i) for i in v] for k, v in p.keep.items()},
-            "method": None if c is None else c.method}
+class Pruner:
+    """One base model on one calibration set: importance scores are computed once per criterion
+    and shared by every policy searched on it (the benchmarks search many)."""
 
+    def __init__(self, ck: Checkpoint, calib: Calibration) -> None:
+        self.ck = ck
+        self.net, self.spec = ck.network(), ck.spec
+        self.calib = calib
+        self._scores: dict[tuple, importance.Scores] = {}
+        self.score_seconds: dict[str, float] = {}
+        self._searched: dict[Policy, tuple[search.Candidate, list[search.Candidate]]] = {}
 
-def search_candidates(ck: Checkpoint, calib: Calibration, policy: Policy,
-                      fallbacks: dict[str, Pruned] | None = None,
-                      timings: dict[str, float] | None = None) -> tuple[search.Candidate, list[search.Candidate]]:
-    """Run the portfolio: every criterion searched under the policy, plus fallbacks judged on
-    this calibration set. Returns (chosen, all candidates)."""
-    net, spec = ck.network(), ck.spec
-    fit, held = calib.split(policy.holdout)
-    judge = search.Judge(spec, held, policy)
-    timings = timings if timings is not None else {}
-    found: list[search.Candidate] = []
-    all_scores = {}
-    for criterion in policy.criteria:
-        t0 = time.perf_counter()
-        all_scores[criterion] = scores = importance.score(criterion, net, spec, fit, policy.qsae)
-        timings[f"score:{criterion}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        found += search.bisect(search.builder(net, spec, fit, scores, policy, judge), policy)
-        timings[f"search:{criterion}"] = time.perf_counter() - t0
-    for name, p in (fallbacks or {}).items():
-        found.append(judge(p, f"fallback:{name}", float("nan"), "none", time.perf_counter()))
-    chosen = search.best(found, policy)
-    if chosen is None:
-        chosen = search.closest(found, policy)
-        log.warning("no candidate meets the policy %s; closest: %s kl %.4f %.1fx", policy.describe(),
-                    chosen.method, chosen.kl, chosen.compression_ratio)
-    if policy.refit_all and fit is not calib and chosen.criterion in all_scores:
-        t0 = time.perf_counter()
-        chosen = refit_on_all(net, spec, calib, all_scores[chosen.criterion], policy, chosen)
-        timings["refit_all"] = time.perf_counter() - t0
-    return chosen, found
+    def scores(self, criterion: str, qsae_cfg: QSAEConfig) -> importance.Scores:
+        key = (criterion, qsae_cfg)
+        if key not in self._scores:
+            t0 = time.perf_counter()
+            self._scores[key] = importance.score(criterion, self.net, self.spec, self.calib, qsae_cfg)
+            self.score_seconds[criterion] = time.perf_counter() - t0
+        return self._scores[key]
 
+    def search(self, policy: Policy, fallbacks: dict[str, Pruned] | None = None,
+               timings: dict[str, float] | None = None) -> tuple[search.Candidate, list[search.Candidate]]:
+        """The portfolio: every criterion searched under the policy, plus fallbacks judged on
+        the same held-out samples. Returns (chosen, every candidate)."""
+        timings = timings if timings is not None else {}
+        if not fallbacks and policy in self._searched:
+            return self._searched[policy]
+        judge = search.Judge(self.spec, self.calib, policy)
+        found: list[search.Candidate] = []
+        for criterion in policy.criteria:
+            scores = self.scores(criterion, policy.qsae)
+            timings[f"score:{criterion}"] = self.score_seconds.get(criterion, 0.0)
+            t0 = time.perf_counter()
+            build = search.builder(self.net, self.spec, scores, policy, judge)
+            size = search.sizer(self.net, self.spec, scores, policy)
+            found += search.bisect(build, policy, size)
+            timings[f"search:{criterion}"] = time.perf_counter() - t0
+        for name, p in (fallbacks or {}).items():
+            found.append(judge(p, f"fallback:{name}", float("nan"), "none", time.perf_counter()))
+        chosen = search.best(found, policy)
+        if chosen is None:
+            chosen = search.closest(found, policy)
+            log.warning("no candidate meets the policy %s; closest: %s kl %.4f %.1fx",
+                        policy.describe(), chosen.method, chosen.kl, chosen.compression_ratio)
+        if policy.refit_all and policy.folds > 1 and not chosen.criterion.startswith("fallback:"):
+            t0 = time.perf_counter()
+            chosen = self.refit_on_all(policy, chosen)
+            timings["refit_all"] = time.perf_counter() - t0
+        if not fallbacks:
+            self._searched[policy] = (chosen, found)
+        return chosen, found
 
-def refit_on_all(net: nn.Module, spec: nets.Spec, calib: Calibration, scores: importance.Scores,
-                 policy: Policy, chosen: search.Candidate) -> search.Candidate:
-    """The chosen mask, re-fitted on the whole calibration set. Its KL stays the held-out KL of
-    the search (a conservative estimate: the shipped re-fit saw more data)."""
-    mask = masks.build(spec, scores, chosen.amount, policy.schedule)
-    pruned = masks.shrink(net, mask, spec)
-    recover(pruned, net, spec, calib, policy.recovery)
-    size = len(export.build_artifact(pruned))
-    return replace(chosen, pruned=pruned, artifact_bytes=size,
-                   compression_ratio=compression_ratio(nets.param_count(spec), size),
-                   params_kept=pruned.kept_params(), notes={**chosen.notes, "refit_all": True})
+    def refit_on_all(self, policy: Policy, chosen: search.Candidate) -> search.Candidate:
+        """The chosen mask, re-fitted on the whole calibration set. Its KL stays the cross-fitted
+        KL of the search (conservative: the shipped re-fit saw more data)."""
+        scores = self.scores(chosen.criterion, policy.qsae)
+        mask = masks.build(self.spec, scores, chosen.amount, policy.schedule)
+        pruned = masks.shrink(self.net, mask, self.spec)
+        recover(pruned, self.net, self.spec, self.calib, policy.recovery)
+        size = len(export.build_artifact(pruned))
+        refit = replace(chosen, pruned=pruned, artifact_bytes=size,
+                        compression_ratio=compression_ratio(nets.param_count(self.spec), size),
+                        params_kept=pruned.kept_params(), notes={**chosen.notes, "refit_all": True})
+        meets = search.Judge(self.spec, self.calib, replace(policy, folds=1)).meets(refit)
+        return refit if meets or not chosen.meets_policy else chosen  # its int8 values may pack larger
 
 
 def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, policy: Policy,
@@ -140,7 +159,7 @@ def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, polic
         from workers.runtime_choice import choose_compute
 
         compute, act = choose_compute(p, calib, policy.compute)
-    blob = export.build_artifact(p, compute, act, _meta(p, chosen))
+    blob = export.build_artifact(p, compute, act, chosen.method)
     sha = hashlib.sha256(blob).hexdigest()
     contents = artifact.unpack(blob)
     prof = profile.base_profile(ck)
@@ -179,15 +198,24 @@ def retrain(ck: Checkpoint, sketches: list[Sketch], policy: Policy = DEFAULT_POL
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    net, spec = ck.network(), ck.spec
     if calib is None:
+        net, spec = ck.network(), ck.spec
         if any(s.base_model != ck.name for s in sketches):
             raise PolicyError(f"sketches of another base model than {ck.name}")
         t0 = time.perf_counter()
         calib = calibration.from_sketches(net, spec, sketches, calibration_size)
         timings["calibration"] = time.perf_counter() - t0
     fb = {name: pruned_from_artifact(data) for name, data in (fallbacks or {}).items()}
-    chosen, found = search_candidates(ck, calib, policy, fb, timings)
+    pruner = Pruner(ck, calib)
+    chosen, found = pruner.search(policy, fb, timings)
+    return finish(pruner, chosen, found, policy, device_id, signing_key, sketches, timings, t_start)
+
+
+def finish(pruner: Pruner, chosen: search.Candidate, found: list[search.Candidate], policy: Policy,
+           device_id: str | None, signing_key: SigningKey | None, sketches: list[Sketch],
+           timings: dict[str, float], t_start: float) -> RetrainResult:
+    """Export the chosen candidate: artifact, manifest (signed when a key is given), metrics."""
+    ck, calib = pruner.ck, pruner.calib
     t0 = time.perf_counter()
     extra = {"device_id": device_id, "sketch_seqs": sorted(s.seq for s in sketches),
              "calibration": calib.source}
@@ -228,4 +256,6 @@ def simulate_network(data: bytes) -> tuple[nn.Sequential, nets.Spec]:
     contents = artifact.unpack(data)
     p = pruned_from_artifact(data)
     compute = {int(t.name[1:]): t.compute for t in contents.tensors.values() if t.name.startswith("w")}
-    return export.simulate(p.net, p.spec, compute, None), p.spec
+    act = {int(k): ActQuant(float(v[0]), int(v[1]), float(v[2]), int(v[3]))
+           for k, v in contents.header.get("meta", {}).get("act", {}).items()}
+    return export.simulate(p.net, p.spec, compute, act), p.spec

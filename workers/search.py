@@ -2,7 +2,9 @@
 
 KL is the mean over the calibration samples of KL(softmax(dense logits) || softmax(pruned
 logits)), in nats, for the pruned network *after* recovery and int8 rounding, i.e. the model that
-would be shipped. argmin KL alone is trivially "prune nothing", so the search is constrained:
+would be shipped. A re-fit on 512 samples reproduces them almost exactly, so KL is judged by
+k-fold cross-fitting: re-fit on k-1 parts, KL on the part left out, every sample judged once.
+argmin KL alone is trivially "prune nothing", so the search is constrained:
 - kl_budget: the largest amount whose KL stays within the budget;
 - target_compression: the smallest amount whose artifact reaches the ratio (least KL, since KL
   grows with the amount).
@@ -28,7 +30,7 @@ from workers.calibration import Calibration
 from workers.importance import Scores
 from workers.masks import Pruned
 from workers.policy import Policy
-from workers.recovery import recover
+from workers.recovery import quantize_weights, recover
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +74,34 @@ def widths(spec: nets.Spec) -> list[int]:
 
 
 class Judge:
-    """Scores a pruned network under one policy on one calibration set."""
+    """Scores pruned networks under one policy on one calibration set (k-fold cross-fitting)."""
 
     def __init__(self, dense_spec: nets.Spec, calib: Calibration, policy: Policy) -> None:
         self.dense_params = nets.param_count(dense_spec)
         self.stem_end = dense_spec["stem_end"]
         self.calib = calib
+        self.folds = calib.folds(policy.folds)
         self.policy = policy
 
-    def __call__(self, pruned: Pruned, criterion: str, amount: float, recovery: str,
-                 started: float) -> Candidate:
+    def kl(self, pruned: Pruned, judge: Calibration | None = None) -> float:
+        judge = judge or self.calib
         with torch.no_grad():
-            logits = pruned.net[self.stem_end:](self.calib.stem_out)  # (N, K)
-        kl = kl_divergence(self.calib.logits, logits)
+            logits = pruned.net[self.stem_end:](judge.stem_out)  # (N, K)
+        return kl_divergence(judge.logits, logits)
+
+    def candidate(self, pruned: Pruned, kl: float, criterion: str, amount: float, recovery: str,
+                  started: float) -> Candidate:
         size = len(export.build_artifact(pruned))
         ratio = compression_ratio(self.dense_params, size)
         c = Candidate(criterion, amount, recovery, pruned, kl, size, ratio, pruned.kept_params(),
                       nets.macs(pruned.spec), seconds=time.perf_counter() - started)
         c.meets_policy = self.meets(c)
         return c
+
+    def __call__(self, pruned: Pruned, criterion: str, amount: float, recovery: str,
+                 started: float) -> Candidate:
+        """A finished network (a fallback): judged on the whole calibration set."""
+        return self.candidate(pruned, self.kl(pruned), criterion, amount, recovery, started)
 
     def meets(self, c: Candidate) -> bool:
         p = self.policy
@@ -101,23 +112,62 @@ class Judge:
         return c.compression_ratio >= p.target_compression
 
 
-def builder(net: nn.Sequential, spec: nets.Spec, calib: Calibration, scores: Scores, policy: Policy,
+def builder(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy,
             judge: Judge) -> Callable[[float], Candidate]:
+    """amount -> candidate: the mask, re-fitted per fold on the fit part and judged on the part
+    left out (mean KL over every calibration sample); the first fold's network stands for it."""
     def build(amount: float) -> Candidate:
         t0 = time.perf_counter()
         mask = masks.build(spec, scores, amount, policy.schedule)
-        pruned = masks.shrink(net, mask, spec)
-        recover(pruned, net, spec, calib, policy.recovery)
-        c = judge(pruned, scores.criterion, amount, policy.recovery.name, t0)
+        total, first = 0.0, None
+        for fit, held in judge.folds:
+            pruned = masks.shrink(net, mask, spec)
+            recover(pruned, net, spec, fit, policy.recovery)
+            total += judge.kl(pruned, held) * held.size
+            first = first or pruned
+        assert first is not None
+        kl = total / sum(held.size for _, held in judge.folds)
+        c = judge.candidate(first, kl, scores.criterion, amount, policy.recovery.name, t0)
         log.debug("%s amount %.3f: kl %.4f, %.1fx", c.method, amount, c.kl, c.compression_ratio)
         return c
     return build
 
 
-def bisect(build: Callable[[float], Candidate], policy: Policy) -> list[Candidate]:
-    """Every candidate evaluated by the bisection, in evaluation order."""
+def sizer(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy) -> Callable[[float], float]:
+    """Compression ratio at an amount without recovery (the mask sets the size; a re-fit only
+    changes the int8 values a little)."""
+    dense_params = nets.param_count(spec)
+
+    def size(amount: float) -> float:
+        pruned = masks.shrink(net, masks.build(spec, scores, amount, policy.schedule), spec)
+        quantize_weights(pruned, spec["stem_end"])
+        return compression_ratio(dense_params, len(export.build_artifact(pruned)))
+    return size
+
+
+def bisect(build: Callable[[float], Candidate], policy: Policy,
+           size: Callable[[float], float] | None = None) -> list[Candidate]:
+    """Every candidate the search built, in order.
+
+    kl_budget: bisection on the amount, each step a full candidate (mask, recovery, KL).
+    target_compression: bisection on the cheap size alone (2 more steps), then one full
+    candidate at the smallest amount found to reach the ratio, nudged up if the re-fit's int8
+    values pack a little larger."""
     lo, hi = 0.0, policy.max_amount
     seen: list[Candidate] = []
+    if policy.mode == "target_compression" and size is not None:
+        for _ in range(policy.search_steps + 2):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if size(mid) >= policy.target_compression else (mid, hi)
+        amount, step = hi, max(hi - lo, 0.005)
+        for _ in range(4):
+            c = build(amount)
+            seen.append(c)
+            if c.compression_ratio >= policy.target_compression or amount >= policy.max_amount:
+                break
+            amount = min(policy.max_amount, amount + step)
+            step *= 2
+        return seen
     for _ in range(policy.search_steps):
         mid = (lo + hi) / 2
         c = build(mid)

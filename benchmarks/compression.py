@@ -1,0 +1,206 @@
+"""Compression against accuracy, per method, policy, scenario and calibration.
+
+    python -m benchmarks.compression [--quick] [--seeds N] [--json PATH] [--mlflow URI]
+
+Calibration goes through sketches built by the agent's own `SketchBuilder` from the stem outputs
+of the dense base artifact running in ONNX Runtime, on training-split images drawn through the
+device distribution; every result is evaluated in ONNX Runtime on the test split of the same
+distribution. Scenario `full`: every criterion, with and without recovery, at each target
+compression, each KL budget, and the default policy; plus an oracle sweep that picks the amount
+by labelled validation accuracy (held-out training images; reported as not label-free).
+Per-device scenarios: the default policy and the KL budgets, calibrated on the full distribution
+(`global`) and on the device's own (`device`; the global mask competes as a fallback).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from benchmarks import common
+from workers import export, nets, retrain, search
+from workers.calibration import from_sketches
+from workers.importance import CRITERIA
+from workers.masks import Pruned
+from workers.policy import DEFAULT_POLICY, Policy
+from workers.recovery import RecoveryConfig
+
+NAME = "compression"
+TARGETS = (8, 12, 16, 20, 24)
+BUDGETS = (0.02, 0.05)
+DEVICE_SCENARIOS = ("classes-footwear", "classes-tops", "classes-trouser-dress-bag", "corrupt-contrast-noise")
+ORACLE_AMOUNTS = tuple(np.round(np.linspace(0.5, 0.95, 10), 3))
+COLUMNS = [("scenario", "{}"), ("calibration", "{}"), ("method", "{}"), ("policy", "{}"),
+           ("target", "{}"), ("compression_ratio", "{:.1f}"), ("accuracy", "{:.4f}"),
+           ("drop_pp", "{:+.2f}"), ("kl", "{:.4f}"), ("seconds", "{:.1f}")]
+
+
+class Bench:
+    def __init__(self, quick: bool, seed: int) -> None:
+        self.quick = quick
+        self.seed = seed
+        self.n_test = 2000 if quick else 10_000
+        self.ck = common.base_checkpoint()
+        self.runtime = common.BaseRuntime(self.ck)
+        self.model = f"{self.ck.name}@{self.ck.base_version}"
+        self.table = common.Table(COLUMNS)
+        self.rows: list[dict] = []
+        self._tests: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        self.pruners: dict[str, retrain.Pruner] = {}
+        self.sketch_bytes: dict[str, int] = {}
+
+    def test(self, scenario: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """(inputs, labels, dense fp32 accuracy) of the scenario's test distribution."""
+        if scenario not in self._tests:
+            x, y = common.test_set(scenario, self.seed, self.n_test)
+            dense = common.onnx_accuracy(export.dense_onnx(self.ck.network(), self.ck.spec), x, y)
+            self._tests[scenario] = (x, y, dense)
+        return self._tests[scenario]
+
+    def pruner(self, scenario: str) -> retrain.Pruner:
+        """Calibration from one device's sketches of `scenario` (training images)."""
+        if scenario not in self.pruners:
+            common.progress(f"seed {self.seed}: sketches of {scenario}")
+            sketches = self.runtime.sketches(scenario, self.seed)
+            self.sketch_bytes[scenario] = sum(len(s.to_bytes()) for s in sketches)
+            calib = from_sketches(self.ck.network(), self.ck.spec, sketches)
+            self.pruners[scenario] = retrain.Pruner(self.ck, calib)
+        return self.pruners[scenario]
+
+    def record(self, scenario: str, calibration: str, cand: search.Candidate | None, policy_name: str,
+               target: float | None, default: bool, seconds: float, blob: bytes | None = None,
+               label_free: bool = True, method: str | None = None, kl: float | None = None) -> dict:
+        x, y, dense = self.test(scenario)
+        if blob is None:
+            assert cand is not None
+            blob = export.build_artifact(cand.pruned)
+        acc = common.artifact_accuracy(blob, x, y)
+        pruned = cand.pruned if cand is not None else retrain.pruned_from_artifact(blob)
+        from qsae_shared import artifact
+        from qsae_shared.compression import compression_ratio
+
+        row = {
+            "model": self.model, "scenario": scenario, "seed": self.seed,
+            "method": method or (cand.method if cand is not None else "?"), "policy": policy_name,
+            "target": target, "default_policy": default, "calibration": calibration,
+            "label_free": label_free,
+            "compression_ratio": compression_ratio(nets.param_count(self.ck.spec), len(blob)),
+            "artifact_bytes": len(blob),
+            "runtime_weight_bytes": artifact.runtime_weight_bytes(artifact.unpack(blob)),
+            "params_kept": pruned.kept_params(), "macs": nets.macs(pruned.spec),
+            "sketch_bytes": self.sketch_bytes.get("full" if calibration == "global" else scenario, 0),
+            "accuracy": acc, "dense_accuracy": dense, "drop_pp": 100 * (dense - acc),
+            "kl": kl if kl is not None else (cand.kl if cand is not None else None),
+            "seconds": seconds, "meets_policy": None if cand is None else cand.meets_policy,
+            "widths": search.widths(pruned.spec),
+        }
+        self.rows.append(row)
+        self.table.row(row)
+        return row
+
+    def run_policy(self, scenario: str, calibration: str, policy: Policy, policy_name: str,
+                   target: float | None, default: bool, fallbacks: dict[str, Pruned] | None = None,
+                   method: str | None = None) -> search.Candidate:
+        pruner = self.pruner("full" if calibration == "global" else scenario)
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        chosen, _ = pruner.search(policy, fallbacks, timings)
+        seconds = time.perf_counter() - t0 + sum(v for k, v in timings.items() if k.startswith("score:"))
+        self.record(scenario, calibration, chosen, policy_name, target, default, seconds, method=method)
+        return chosen
+
+    # --- scenarios ----------------------------------------------------------------------------
+
+    def full(self) -> dict[str, search.Candidate]:
+        """Returns the chosen candidates of the default policy and the budgets (global masks)."""
+        common.progress(f"seed {self.seed}: scenario full")
+        base = self.runtime.release
+        self.pruner("full")
+        self.record("full", "global", None, "none", None, False, base.seconds,
+                    blob=base.files[retrain.MODEL_FILE], method="int8", kl=base.metrics["kl"])
+        criteria = ("qsae", "energy", "magnitude") if self.quick else CRITERIA
+        targets = (16, 20) if self.quick else TARGETS
+        budgets = (0.05,) if self.quick else BUDGETS
+        recoveries = (RecoveryConfig(lsq=False), DEFAULT_POLICY.recovery)
+        for criterion in criteria:
+            for rec in recoveries:
+                for t in targets:
+                    pol = replace(DEFAULT_POLICY, mode="target_compression", target_compression=float(t),
+                                  criteria=(criterion,), recovery=rec, min_compression=1.0)
+                    self.run_policy("full", "global", pol, f"target_compression={t}", float(t), False)
+                for b in budgets:
+                    pol = replace(DEFAULT_POLICY, kl_budget=b, criteria=(criterion,), recovery=rec,
+                                  min_compression=1.0)
+                    self.run_policy("full", "global", pol, f"kl_budget={b}", b, False)
+        chosen = {"default": self.run_policy("full", "global", DEFAULT_POLICY, "default",
+                                             DEFAULT_POLICY.kl_budget, True)}
+        for b in budgets:
+            pol = replace(DEFAULT_POLICY, kl_budget=b)
+            chosen[f"kl_budget={b}"] = self.pruners["full"].search(pol)[0]
+        self.oracle()
+        return chosen
+
+    def oracle(self) -> None:
+        """Not label-free: the amount with the most compression whose labelled validation
+        accuracy is within 1 pp of dense (default criterion and recovery)."""
+        pruner = self.pruners["full"]
+        policy = DEFAULT_POLICY
+        xv, yv = common.validation_set(self.ck, "full", self.seed, 2000 if self.quick else 5000)
+        with torch.no_grad():
+            dense_val = float((self.ck.network()(torch.from_numpy(xv)).argmax(1).numpy() == yv).mean())
+        t0 = time.perf_counter()
+        judge = search.Judge(self.ck.spec, pruner.calib, policy)
+        best: search.Candidate | None = None
+        amounts = ORACLE_AMOUNTS[::2] if self.quick else ORACLE_AMOUNTS
+        for criterion in policy.criteria:
+            build = search.builder(pruner.net, pruner.spec, pruner.scores(criterion, policy.qsae),
+                                   policy, judge)
+            for a in amounts:
+                c = build(float(a))
+                with torch.no_grad():
+                    acc = float((c.pruned.net(torch.from_numpy(xv)).argmax(1).numpy() == yv).mean())
+                if dense_val - acc <= 0.01 and (best is None or c.compression_ratio > best.compression_ratio):
+                    best = c
+        if best is not None:
+            self.record("full", "global", best, "oracle-validation-1pp", None, False,
+                        time.perf_counter() - t0, label_free=False)
+
+    def device(self, scenario: str, global_chosen: dict[str, search.Candidate]) -> None:
+        common.progress(f"seed {self.seed}: scenario {scenario}")
+        policies = [("default", DEFAULT_POLICY, True)] + [
+            (f"kl_budget={b}", replace(DEFAULT_POLICY, kl_budget=b), False)
+            for b in ((0.05,) if self.quick else BUDGETS)]
+        for name, pol, default in policies:
+            g = global_chosen[name]
+            self.record(scenario, "global", g, name, pol.kl_budget, default, g.seconds)
+            self.run_policy(scenario, "device", pol, name, pol.kl_budget, default,
+                            fallbacks={"global": g.pruned})
+
+
+def main() -> None:
+    args = common.parser(NAME, __doc__.splitlines()[0]).parse_args()
+    common.setup(args.threads)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    for seed in range(args.seeds):
+        bench = Bench(args.quick, seed)
+        chosen = bench.full()
+        scen = ("classes-footwear", "classes-tops", "corrupt-contrast-noise") if args.quick else DEVICE_SCENARIOS
+        for s in scen:
+            bench.device(s, chosen)
+        rows += bench.rows
+        common.write_json(args.json, NAME, rows, seeds=args.seeds, quick=args.quick,
+                          default_policy=DEFAULT_POLICY.describe(), seconds=time.perf_counter() - t0)
+    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows,
+                      params=("model", "scenario", "seed", "method", "policy", "target", "calibration",
+                              "default_policy", "label_free"),
+                      metrics=("compression_ratio", "artifact_bytes", "runtime_weight_bytes", "params_kept",
+                               "macs", "sketch_bytes", "accuracy", "dense_accuracy", "drop_pp", "kl", "seconds"))
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

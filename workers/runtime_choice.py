@@ -1,0 +1,86 @@
+"""Per-layer compute choice, by measurement: int8 (QLinearConv / QGemm) or fp32 (weights
+dequantized at load), whichever runs the whole model faster in ONNX Runtime on this machine.
+
+Weights are stored int8 either way; only the compute differs. On AVX2 without VNNI, int8 pays
+off on large layers and loses on small pruned ones (DESIGN.md, measured facts), so the choice is
+measured, greedily one layer at a time, largest first (batch 64, one thread, interleaved
+medians), and cached per shape.
+The stem always computes in fp32: its output is what the sketches carry, and it must be the same
+in every version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from workers import export, nets
+from workers.calibration import Calibration
+from workers.masks import Pruned
+from workers.onnx_graph import ActQuant
+
+log = logging.getLogger(__name__)
+
+_CACHE: dict[str, dict[int, str]] = {}
+
+
+def _model(p: Pruned, compute: dict[int, str], act: dict[int, ActQuant]) -> bytes:
+    """The runnable ONNX model an artifact would unpack to (without packing it)."""
+    from qsae_shared import artifact
+    from workers import onnx_graph
+
+    graph = onnx_graph.build_graph(p.spec, compute, act).SerializeToString()
+    tensors = export.packed_tensors(p.net, p.spec, p.masks, compute)
+    return artifact.to_onnx(artifact.Contents({}, graph, {t.name: t for t in tensors}))
+
+
+def choose_compute(p: Pruned, calib: Calibration, mode: str = "auto",
+                   batch: int = 64) -> tuple[dict[int, str], dict[int, ActQuant]]:
+    """layer index -> "fp32" | "int8", and the activation ranges of the int8 layers."""
+    layers = [i for i in nets.weighted_indices(p.spec) if i >= p.spec["stem_end"]]
+    act = export.activation_quant(p.net, p.spec, calib, layers)
+    stem = {i: "fp32" for i in nets.weighted_indices(p.spec) if i < p.spec["stem_end"]}
+    if mode in ("fp32", "int8"):
+        return {**stem, **{i: mode for i in layers}}, act
+    key = repr(nets.spec_of(p.net, p.spec)["layers"])
+    if key not in _CACHE:
+        shape = tuple(p.spec["input_shape"])
+        compute = {**stem, **{i: "fp32" for i in layers}}
+        for i in sorted(layers, key=lambda i: -_layer_macs(p.spec, i)):
+            trial = {**compute, i: "int8"}
+            ms = compare_ms({"current": _model(p, compute, act), "trial": _model(p, trial, act)},
+                            batch, rounds=10, per_round=2, input_shape=shape)
+            if ms["trial"] < 0.95 * ms["current"]:  # a clear win only
+                compute = trial
+        _CACHE[key] = compute
+        log.info("compute per layer: %s", compute)
+    return dict(_CACHE[key]), act
+
+
+def _layer_macs(spec: nets.Spec, i: int) -> int:
+    shapes = nets.shape_trace(spec)
+    layer = spec["layers"][i]
+    if layer["type"] == "conv":
+        return layer["in"] * layer["kernel"] ** 2 * int(np.prod(shapes[i]))
+    return layer["in"] * layer["out"]
+
+def compare_ms(models: dict[str, bytes], batch: int, threads: int = 1, rounds: int = 30,
+               per_round: int = 5, input_shape: tuple[int, ...] = (1, 28, 28)) -> dict[str, float]:
+    """Median latency (ms per run) of several models measured interleaved, round by round, so
+    that load from other processes hits them alike."""
+    sessions = {k: export.session(m, threads) for k, m in models.items()}
+    x = np.random.default_rng(0).normal(size=(batch, *input_shape)).astype(np.float32)
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(5):
+            s.run(None, feeds[k])
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                s.run(None, feeds[k])
+            times[k].append((time.perf_counter() - t0) / per_round)
+    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
