@@ -4,6 +4,7 @@ Importing this module loads no torch and no ray (a test checks it)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
                              "`qsae-fleet db upgrade`", exc)
             await writer.start()
             app.state.ctx = ctx
+            gc.freeze()  # what startup built lives forever: keep it out of every GC pass
             logger.info("control plane ready (database %s, redis %s)", db.dialect,
                         "on" if settings.redis_url else "off")
             yield

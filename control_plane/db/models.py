@@ -131,7 +131,9 @@ class Telemetry(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    # No foreign key: every insert would lock the device row (KEY SHARE, WAL-logged) at ~1,700
+    # inserts/s. Only authenticated devices write here and devices are never deleted (revoked).
+    device_id: Mapped[str] = mapped_column(String(40))
     seq: Mapped[int] = mapped_column(BigInteger)
     uuid: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[dt.datetime]

@@ -49,7 +49,8 @@ FROM unnest($2::varchar[], $3::bigint[], $4::varchar[], $5::float8[], $6::float8
 ON CONFLICT (device_id, seq) DO NOTHING
 """
 # Touches on PostgreSQL: rows locked in id order (no deadlock between replicas), then one update.
-_PG_TOUCH_LOCK = text("SELECT id FROM devices WHERE id = ANY(CAST(:ids AS varchar[])) ORDER BY id FOR UPDATE")
+_PG_TOUCH_LOCK = text("SELECT id FROM devices WHERE id = ANY(CAST(:ids AS varchar[])) ORDER BY id "
+                      "FOR NO KEY UPDATE")  # not FOR UPDATE: that would block inserts' FK checks
 _PG_TOUCH = text("""
 UPDATE devices AS d SET last_seen_at = GREATEST(d.last_seen_at, t.seen),
        deployed_version = COALESCE(t.ver, d.deployed_version)

@@ -126,12 +126,13 @@ def test_writer_acks_only_what_it_stored_and_isolates_a_bad_request(client, devi
 
     async def many() -> list[object]:
         good = [writer.submit(device.id, [rec(i)]) for i in range(100)]
-        bad = writer.submit("d-ghost", [rec(0)])  # no such device: a foreign-key violation
+        broken = TelemetryRecord.model_construct(**{**record(0), "window_start": None})  # NOT NULL violation
+        bad = writer.submit(device.id, [broken])
         return await asyncio.gather(*good, bad, return_exceptions=True)
 
     results = client.portal.call(many)
     assert results[:100] == [[i] for i in range(100)]
-    assert isinstance(results[100], Exception) and "foreign key" in str(results[100]).lower()
+    assert isinstance(results[100], Exception) and "null" in str(results[100]).lower()
     stored = store.db.run(lambda s: s.scalar(select(func.count()).select_from(Telemetry)))
     assert stored == 100
 
