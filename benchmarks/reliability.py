@@ -42,6 +42,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -295,9 +296,12 @@ class Harness:
             self.cp.kill()
             time.sleep(out)
             self.cp.start()
+            threading.Thread(target=self._time_readiness, args=(detail, time.time()), daemon=True).start()
         elif scenario == "agent_kill":
             detail["upload_in_flight"] = self.proxy.wait_in_flight(15.0)
             detail["killed_pid"] = self.fleet.pid
+            status = self._fleet_status().get("devices", {})  # written every 0.5 s by the fleet
+            detail["outbox_records_at_kill"] = sum(d["outbox"] for d in status.values())
             self.fleet.kill()
             time.sleep(out)
             self.fleet.start()
@@ -326,6 +330,10 @@ class Harness:
             raise ValueError(f"unknown scenario {scenario!r}")
         return time.time(), detail
 
+    def _time_readiness(self, detail: dict[str, Any], restarted: float) -> None:
+        ready = processes.wait_http(f"{self.cp_url}/readyz", 60)
+        detail["ready_after_restart_s"] = round(time.time() - restarted, 2) if ready else None
+
     def _retrain_task_pid(self, timeout_s: float) -> int | None:
         """The Ray worker process executing a retrain task (a descendant of the dispatcher)."""
         assert self.dispatcher is not None and self.dispatcher.pid is not None
@@ -343,6 +351,7 @@ class Harness:
         logger.info("scenario %s", scenario)
         self._check_alive()
         opened = time.time()
+        log_start = self._server_log_size()
         job_ids = self._submit_jobs(scenario)
         time.sleep(self.cfg.steady_s)
         healed, detail = self.inject(scenario, job_ids)
@@ -389,9 +398,21 @@ class Harness:
                            "jobs": {str(i): {"status": j["status"], "attempts": j["attempts"],
                                              **({"error": (j["error"] or "")[:200]} if j["status"] != "succeeded"
                                                 else {})} for i, j in jobs.items()},
-                           "outbox_dropped": sum(d["dropped"] for d in self._fleet_status().get("devices", {}).values())})
+                           "outbox_dropped": sum(d["dropped"] for d in self._fleet_status().get("devices", {}).values()),
+                           "server_errors_logged": self._server_errors_since(log_start)})
         logger.info("%s: %s", scenario, {k: v for k, v in asdict(row).items() if k != "detail"})
         return row
+
+    def _server_log_size(self) -> int:
+        assert self.cp is not None
+        return self.cp.log.stat().st_size if self.cp.log.exists() else 0
+
+    def _server_errors_since(self, offset: int) -> int:
+        """500s the control plane logged (5xx other than 503 are bugs, even when agents retry them)."""
+        assert self.cp is not None
+        with open(self.cp.log, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().count(b"unhandled error on")
 
     # ----- tear-down --------------------------------------------------------------------------
     def close(self) -> None:
