@@ -39,8 +39,9 @@ COLUMNS = [("scenario", "{}"), ("calibration", "{}"), ("method", "{}"), ("policy
 
 
 class Bench:
-    def __init__(self, quick: bool, seed: int) -> None:
+    def __init__(self, quick: bool, seed: int, default_only: bool = False) -> None:
         self.quick = quick
+        self.default_only = default_only
         self.seed = seed
         self.n_test = 2000 if quick else 10_000
         self.ck = common.base_checkpoint()
@@ -121,8 +122,8 @@ class Bench:
         self.pruner("full")
         self.record("full", "global", None, "none", None, False, base.seconds,
                     blob=base.files[retrain.MODEL_FILE], method="int8", kl=base.metrics["kl"])
-        criteria = ("qsae", "energy", "magnitude") if self.quick else CRITERIA
-        targets = (16, 20) if self.quick else TARGETS
+        criteria = () if self.default_only else ("qsae", "magnitude") if self.quick else CRITERIA
+        targets = (16,) if self.quick else TARGETS
         budgets = (0.05,) if self.quick else BUDGETS
         recoveries = (RecoveryConfig(lsq=False), DEFAULT_POLICY.recovery)
         for criterion in criteria:
@@ -140,7 +141,8 @@ class Bench:
         for b in budgets:
             pol = replace(DEFAULT_POLICY, kl_budget=b)
             chosen[f"kl_budget={b}"] = self.pruners["full"].search(pol)[0]
-        self.oracle()
+        if not self.default_only:
+            self.oracle()
         return chosen
 
     def oracle(self) -> None:
@@ -172,7 +174,7 @@ class Bench:
         common.progress(f"seed {self.seed}: scenario {scenario}")
         policies = [("default", DEFAULT_POLICY, True)] + [
             (f"kl_budget={b}", replace(DEFAULT_POLICY, kl_budget=b), False)
-            for b in ((0.05,) if self.quick else BUDGETS)]
+            for b in (() if self.quick else BUDGETS)]
         for name, pol, default in policies:
             g = global_chosen[name]
             self.record(scenario, "global", g, name, pol.kl_budget, default, g.seconds)
@@ -181,14 +183,20 @@ class Bench:
 
 
 def main() -> None:
-    args = common.parser(NAME, __doc__.splitlines()[0]).parse_args()
+    p = common.parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--default-only", action="store_true",
+                   help="only the int8 baseline, the default policy and the KL budgets (for --seeds runs)")
+    p.add_argument("--scenarios", default=None, help="comma-separated device scenarios (default: all)")
+    args = p.parse_args()
     common.setup(args.threads)
     t0 = time.perf_counter()
     rows: list[dict] = []
     for seed in range(args.seeds):
-        bench = Bench(args.quick, seed)
+        bench = Bench(args.quick, seed, args.default_only)
         chosen = bench.full()
-        scen = ("classes-footwear", "classes-tops", "corrupt-contrast-noise") if args.quick else DEVICE_SCENARIOS
+        scen = ("classes-footwear", "corrupt-contrast-noise") if args.quick else DEVICE_SCENARIOS
+        if args.scenarios is not None:
+            scen = tuple(x for x in args.scenarios.split(",") if x)
         for s in scen:
             bench.device(s, chosen)
         rows += bench.rows

@@ -3,14 +3,15 @@ driven by one pruning amount through a documented schedule; and the shrinking th
 matrices really smaller.
 
 Schedule for an amount a in [0, 1] (docs/method.md):
-1. Structured: in every group, the floor(min(structured_share * a, max_structured) * units)
-   units of lowest importance are removed (at least `min_units` stay). Units whose importance is
-   exactly zero (dead units) are removed at any amount above zero.
+1. Structured: in every group, the floor(min(structured_share * a * w_g, max_structured) * units)
+   units of lowest importance are removed (at least `min_units` stay; w_g = 1 unless
+   `group_weighting="macs"`). Units whose importance is exactly zero (dead units) are removed at
+   any amount above zero.
 2. Unstructured: over the weights that remain in every layer after the stem, a single global
-   threshold tau masks the fraction a of them with the lowest score. Scores are made comparable
-   across layers by rank matching: within a layer, the weight with the r-th smallest criterion
-   score gets the r-th smallest |W| of that layer, so every criterion allocates sparsity across
-   layers as global magnitude pruning does and differs in which weights it picks.
+   threshold tau masks the fraction a of them with the lowest score after the allocation's
+   normalization: "relative" (default) divides each score by the sum of its output row's scores,
+   so sparsity follows fan-in; "magnitude" rank-matches each layer's scores onto its |W| (global
+   magnitude allocation); "uniform" gives every layer the same sparsity.
 """
 
 from __future__ import annotations

@@ -1,0 +1,83 @@
+"""Inference latency in ONNX Runtime: the dense fp32 network against pruned int8 artifacts.
+
+    python -m benchmarks.latency [--quick] [--json PATH] [--mlflow URI]
+
+Variants: `dense_fp32` (the reference), `dense_int8` (the base artifact: int8 weights, compute
+chosen per layer), `default_artifact` (what the default policy ships for scenario `full`, calibrated
+through sketches), and `default_artifact_fp32` (the same artifact with fp32 compute everywhere).
+Batch 1 and 64, 1 and 2 threads; every configuration is measured interleaved with the others,
+round by round after a warm-up, and reported as the median.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks import common
+from qsae_shared import artifact
+from qsae_shared.compression import compression_ratio
+from workers import export, nets, retrain
+from workers.calibration import from_sketches
+from workers.policy import DEFAULT_POLICY
+from workers.runtime_choice import choose_compute, compare_ms
+
+NAME = "latency"
+COLUMNS = [("variant", "{}"), ("batch", "{}"), ("threads", "{}"), ("median_ms", "{:.4f}"),
+           ("speedup", "{:.2f}x"), ("compression_ratio", "{:.1f}"), ("drop_pp", "{:+.2f}")]
+
+
+def main() -> None:
+    args = common.parser(NAME, __doc__.splitlines()[0]).parse_args()
+    common.setup(args.threads)
+    t0 = time.perf_counter()
+    ck = common.base_checkpoint()
+    rt = common.BaseRuntime(ck)
+    dense_params = nets.param_count(ck.spec)
+    common.progress("default policy on scenario full (sketches, search, export)")
+    sketches = rt.sketches("full", 0)
+    result = retrain.retrain(ck, sketches, DEFAULT_POLICY, device_id="bench-full")
+    blob = result.files[retrain.MODEL_FILE]
+    calib = from_sketches(ck.network(), ck.spec, sketches)
+    fp32_compute, _ = choose_compute(result.chosen.pruned, calib, "fp32")
+    fp32_blob = export.build_artifact(result.chosen.pruned, fp32_compute, None, result.chosen.method)
+    x, y = common.test_set("full", 0, 2000 if args.quick else 10_000)
+    dense_onnx = export.dense_onnx(ck.network(), ck.spec)
+    dense_acc = common.onnx_accuracy(dense_onnx, x, y)
+    base_blob = rt.release.files[retrain.MODEL_FILE]
+    variants = {
+        "dense_fp32": (dense_onnx, None),
+        "dense_int8": (artifact.to_onnx(artifact.unpack(base_blob)), base_blob),
+        "default_artifact": (artifact.to_onnx(artifact.unpack(blob)), blob),
+        "default_artifact_fp32": (artifact.to_onnx(artifact.unpack(fp32_blob)), fp32_blob),
+    }
+    info = {}
+    for name, (model, packed) in variants.items():
+        acc = common.onnx_accuracy(model, x, y)
+        info[name] = {"compression_ratio": None if packed is None else compression_ratio(dense_params, len(packed)),
+                      "drop_pp": 100 * (dense_acc - acc), "accuracy": acc}
+    rows = []
+    table = common.Table(COLUMNS)
+    rounds = 20 if args.quick else 60
+    for threads in (1, 2):
+        for batch in (1, 64):
+            common.progress(f"batch {batch}, {threads} thread(s)")
+            per_round = 20 if batch == 1 else 2
+            ms = compare_ms({k: m for k, (m, _) in variants.items()}, batch, threads, rounds, per_round)
+            for name in variants:
+                row = {"model": f"{ck.name}@{ck.base_version}", "variant": name, "batch": batch,
+                       "threads": threads, "median_ms": ms[name], "speedup": ms["dense_fp32"] / ms[name],
+                       **info[name]}
+                rows.append(row)
+                table.row(row)
+    compute = result.manifest.method.get("compute", {})
+    common.write_json(args.json, NAME, rows, quick=args.quick, default_policy=DEFAULT_POLICY.describe(),
+                      default_widths=result.manifest.method.get("widths"), default_compute=compute,
+                      default_kl=result.metrics["kl"], dense_accuracy=dense_acc,
+                      seconds=time.perf_counter() - t0)
+    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, params=("model", "variant", "batch", "threads"),
+                      metrics=("median_ms", "speedup", "compression_ratio", "drop_pp"))
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
