@@ -27,6 +27,7 @@ from workers.importance import CRITERIA
 from workers.masks import Pruned
 from workers.policy import DEFAULT_POLICY, Policy
 from workers.recovery import RecoveryConfig
+from workers.runtime_choice import choose_compute
 
 NAME = "compression"
 TARGETS = (8, 12, 16, 20, 24)
@@ -73,11 +74,14 @@ class Bench:
 
     def record(self, scenario: str, calibration: str, cand: search.Candidate | None, policy_name: str,
                target: float | None, default: bool, seconds: float, blob: bytes | None = None,
-               label_free: bool = True, method: str | None = None, kl: float | None = None) -> dict:
+               label_free: bool = True, method: str | None = None, kl: float | None = None,
+               compute_mode: str = DEFAULT_POLICY.compute) -> dict:
         x, y, dense = self.test(scenario)
-        if blob is None:
+        if blob is None:  # what the product ships: compute per layer as the policy says
             assert cand is not None
-            blob = export.build_artifact(cand.pruned)
+            calib = self.pruner("full" if calibration == "global" else scenario).calib
+            compute, act = choose_compute(cand.pruned, calib, compute_mode)
+            blob = export.build_artifact(cand.pruned, compute, act, cand.method)
         acc = common.artifact_accuracy(blob, x, y)
         pruned = cand.pruned if cand is not None else retrain.pruned_from_artifact(blob)
         from qsae_shared import artifact
@@ -97,6 +101,8 @@ class Bench:
             "kl": kl if kl is not None else (cand.kl if cand is not None else None),
             "seconds": seconds, "meets_policy": None if cand is None else cand.meets_policy,
             "widths": search.widths(pruned.spec),
+            "int8_compute_layers": sorted(int(t.name[1:]) for t in artifact.unpack(blob).tensors.values()
+                                          if t.compute == "int8"),
         }
         self.rows.append(row)
         self.table.row(row)
@@ -110,7 +116,8 @@ class Bench:
         timings: dict[str, float] = {}
         chosen, _ = pruner.search(policy, fallbacks, timings)
         seconds = time.perf_counter() - t0 + sum(v for k, v in timings.items() if k.startswith("score:"))
-        self.record(scenario, calibration, chosen, policy_name, target, default, seconds, method=method)
+        self.record(scenario, calibration, chosen, policy_name, target, default, seconds, method=method,
+                    compute_mode=policy.compute)
         return chosen
 
     # --- scenarios ----------------------------------------------------------------------------

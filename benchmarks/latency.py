@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from benchmarks import common
 from qsae_shared import artifact
 from qsae_shared.compression import compression_ratio
@@ -55,6 +57,12 @@ def main() -> None:
         acc = common.onnx_accuracy(model, x, y)
         info[name] = {"compression_ratio": None if packed is None else compression_ratio(dense_params, len(packed)),
                       "drop_pp": 100 * (dense_acc - acc), "accuracy": acc}
+    sim, _ = retrain.simulate_network(blob)  # the torch simulation of the shipped artifact
+    with torch.no_grad():
+        sim_acc = float((sim(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+    parity = {"onnx_accuracy": info["default_artifact"]["accuracy"], "torch_simulation_accuracy": sim_acc,
+              "diff_pp": 100 * (info["default_artifact"]["accuracy"] - sim_acc)}
+    print(f"parity: ONNX Runtime {parity['onnx_accuracy']:.4f}, torch simulation {sim_acc:.4f}", flush=True)
     rows = []
     table = common.Table(COLUMNS)
     rounds = 20 if args.quick else 60
@@ -72,7 +80,7 @@ def main() -> None:
     compute = result.manifest.method.get("compute", {})
     common.write_json(args.json, NAME, rows, quick=args.quick, default_policy=DEFAULT_POLICY.describe(),
                       default_widths=result.manifest.method.get("widths"), default_compute=compute,
-                      default_kl=result.metrics["kl"], dense_accuracy=dense_acc,
+                      default_kl=result.metrics["kl"], dense_accuracy=dense_acc, parity=parity,
                       seconds=time.perf_counter() - t0)
     common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, params=("model", "variant", "batch", "threads"),
                       metrics=("median_ms", "speedup", "compression_ratio", "drop_pp"))
