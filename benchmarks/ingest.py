@@ -247,6 +247,20 @@ def measured(coro_factory: Any, server_pid: int) -> tuple[Phase, dict[str, float
                    "loadgen_cpu_ms_per_request": round((l1 - l0) * 1000 / n, 3)}
 
 
+def _commits(port: int, workers: int) -> int | None:
+    """Group commits so far, summed over the worker processes /metrics reached (each scrape lands
+    on one worker; scrape until every distinct value was seen a few times)."""
+    import re
+
+    import httpx
+
+    if workers != 1:
+        return None  # per-process counters; with several workers the sum is not observable here
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=30).text
+    m = re.search(r"^qsae_telemetry_commits ([0-9.e+]+)$", text, re.M)
+    return int(float(m.group(1))) if m else None
+
+
 def count_rows(url: str) -> int:
     with psycopg.connect(url) as conn:
         return int(conn.execute("SELECT count(*) FROM telemetry").fetchone()[0])  # type: ignore[index]
@@ -288,6 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tel, tel_cpu = measured(lambda: drive(port, devices, duration, args.concurrency, noop=False,
                                               seq_start=seqs), proc.pid)
         print(f"telemetry: {tel.summary()} {tel_cpu}", flush=True)
+        commits = _commits(port, args.workers)
         nop, nop_cpu = measured(lambda: drive(port, devices, duration, args.concurrency, noop=True,
                                               seq_start=dict(seqs)), proc.pid)
         print(f"noop: {nop.summary()} {nop_cpu}", flush=True)
@@ -297,6 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "config": {"concurrency": args.concurrency, "uvicorn_workers": args.workers,
                            "records_per_request": 1, "redis": bool(args.redis),
                            "postgres_synchronous_commit": sync_commit, "enroll_seconds": round(enroll_s, 1),
+                           "telemetry_commits_seen": commits,
+                           "requests_per_commit": round(tel.summary()["requests"] / commits, 1) if commits else None,
                            "cpus": os.cpu_count()}}
     finally:
         if proc is not None:

@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
         await bus.start()
         db = Database(str(settings.database_url), settings.db_pool_size, on_commit=bus.publish)
         writer = TelemetryWriter(db.engine, max_batch_rows=settings.ingest_batch_max,
-                                 touch_interval_s=settings.touch_interval_s)
+                                 touch_interval_s=settings.touch_interval_s, linger_s=settings.ingest_linger_s)
         tokens = TokenCache(db, ttl_s=settings.token_cache_ttl_s, max_entries=settings.token_cache_size)
         store = artifact_store or LocalArtifactStore(settings.artifact_dir)  # type: ignore[arg-type]
         signer = load_or_create_signing_key(settings.signing_key_file)  # type: ignore[arg-type]

@@ -31,10 +31,13 @@ class Metrics:
         self.devices = Gauge("qsae_devices", "devices by state", ["state"], registry=r)
         self.sketches = Gauge("qsae_sketches_stored", "sketch uploads stored", registry=r)
         self.token_cache = Gauge("qsae_token_cache_entries", "cached bearer tokens", registry=r)
+        self.telemetry_batches = Gauge("qsae_telemetry_commits", "telemetry group commits by this process",
+                                       registry=r)
         self.telemetry_queue = Gauge("qsae_telemetry_writer_queue", "telemetry requests waiting to commit",
                                      registry=r)
 
-    def set_gauges(self, g: dict[str, Any], token_entries: int, writer_queue: int) -> None:
+    def set_gauges(self, g: dict[str, Any], token_entries: int, writer_queue: int, writer_batches: int) -> None:
+        self.telemetry_batches.set(writer_batches)
         for status, n in g["jobs_by_status"].items():
             self.jobs.labels(status).set(n)
         self.queue_depth.set(g["jobs_by_status"].get("queued", 0))

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     enrollment_ttl_s: float = 7 * 24 * 3600.0
     # Devices' last_seen_at / deployed_version from telemetry are written at most this often, seconds.
     touch_interval_s: float = 2.0
+    # The telemetry writer waits this long for more requests to share a commit (0 = no wait), seconds.
+    ingest_linger_s: float = 0.0
     # Telemetry records written in one group commit at most.
     ingest_batch_max: int = 5000
     # SQLAlchemy pool size per process (PostgreSQL).

@@ -59,5 +59,5 @@ async def readyz(ctx: Ctx) -> Any:
 async def metrics(ctx: Ctx) -> Response:
     """Prometheus exposition: requests, ingest counts, queue depth, jobs by status, devices by state."""
     g = await ctx.db.run(fleet.gauges, ctx.rules())
-    ctx.metrics.set_gauges(g, len(ctx.tokens._entries), ctx.writer.queued)
+    ctx.metrics.set_gauges(g, len(ctx.tokens._entries), ctx.writer.queued, ctx.writer.batches)
     return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
