@@ -88,16 +88,46 @@ def refit_layer(layer: nn.Module, mask: torch.Tensor | None, x: torch.Tensor, y:
     keys: dict[bytes, list[int]] = {}
     for i in range(out):
         keys.setdefault(np.packbits(m[i].numpy()).tobytes(), []).append(i)
+    dual: dict[str, torch.Tensor] = {}
     for idx in keys.values():
         s = m[idx[0]].nonzero().squeeze(1)  # kept columns of these rows
-        lhs = gram[s[:, None], s[None, :]]
-        lhs.diagonal().add_(lam)
-        b = rhs[s][:, idx] + lam * w0b[idx][:, s].T  # (|S|, r)
-        chol, info = torch.linalg.cholesky_ex(lhs)
-        sol = torch.cholesky_solve(b, chol) if int(info) == 0 else torch.linalg.lstsq(lhs, b).solution
+        if len(s) > len(a):  # more kept inputs than samples: the M x M dual system is cheaper
+            sol = _dual_rows(a, y, w0b, idx, s, m[idx[0]], lam, dual)
+        else:
+            lhs = gram[s[:, None], s[None, :]]
+            lhs.diagonal().add_(lam)
+            b = rhs[s][:, idx] + lam * w0b[idx][:, s].T  # (|S|, r)
+            sol = _spd_solve(lhs, b)
         new[np.ix_(idx, s.numpy())] = sol.T
     layer.weight.copy_(new[:, :d].reshape(layer.weight.shape).to(layer.weight.dtype))
     layer.bias.copy_(new[:, d].to(layer.bias.dtype))
+
+
+def _spd_solve(lhs: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    chol, info = torch.linalg.cholesky_ex(lhs)
+    return torch.cholesky_solve(b, chol) if int(info) == 0 else torch.linalg.lstsq(lhs, b).solution
+
+
+def _dual_rows(a: torch.Tensor, y: torch.Tensor, w0b: torch.Tensor, idx: list[int], s: torch.Tensor,
+               keep: torch.Tensor, lam: float, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The same ridge solution through the push-through identity:
+    w_S = w0_S + A_S^T (A_S A_S^T + l I)^-1 (y - A_S w0_S). Returns (|S|, r)."""
+    if "a" not in cache:
+        cache["a"] = a.double()  # (M, D+1)
+        cache["k"] = cache["a"] @ cache["a"].T  # (M, M)
+        cache["y"] = y.double()
+    ad = cache["a"]
+    a_s = ad[:, s]  # (M, |S|)
+    dropped = (~keep).nonzero().squeeze(1)
+    if len(dropped) < len(s):  # K_S = K - A_dropped A_dropped^T
+        a_c = ad[:, dropped]
+        k = cache["k"] - a_c @ a_c.T
+    else:
+        k = a_s @ a_s.T
+    k.diagonal().add_(lam)
+    w0_s = w0b[idx][:, s]  # (r, |S|)
+    resid = cache["y"][:, idx] - a_s @ w0_s.T  # (M, r)
+    return w0_s.T + a_s.T @ _spd_solve(k, resid)
 
 
 @torch.no_grad()
