@@ -98,7 +98,7 @@ class Row:
     @property
     def at_target(self) -> bool:
         return (self.lost == 0 and self.duplicated == 0 and self.jobs_submitted >= 1
-                and self.jobs_completed == self.jobs_submitted)
+                and self.jobs_completed == self.jobs_submitted and self.detail.get("fault_injected", True))
 
 
 class Ledger:
@@ -298,11 +298,14 @@ class Harness:
             self.cp.start()
             threading.Thread(target=self._time_readiness, args=(detail, time.time()), daemon=True).start()
         elif scenario == "agent_kill":
-            detail["upload_in_flight"] = self.proxy.wait_in_flight(15.0)
+            # the worst moment: the server has stored an upload, its answer has not reached the agent
+            self.proxy.hold_answers()
+            detail["answer_withheld_at_kill"] = self.proxy.wait_withheld(15.0)
             detail["killed_pid"] = self.fleet.pid
-            status = self._fleet_status().get("devices", {})  # written every 0.5 s by the fleet
-            detail["outbox_records_at_kill"] = sum(d["outbox"] for d in status.values())
             self.fleet.kill()
+            self.proxy.release_answers()
+            detail["outbox_records_at_kill"] = sum(
+                1 for p in self.agents_root.glob("*/outbox/*") if p.suffix in (".telemetry", ".sketch", ".event"))
             time.sleep(out)
             self.fleet.start()
         elif scenario == "network_cut":
@@ -324,7 +327,9 @@ class Harness:
             pid = self._retrain_task_pid(timeout_s=60.0)
             detail["killed_pid"] = pid
             detail["killed_cmdline"] = processes.cmdline(pid) if pid else None
-            if pid is not None:
+            if pid is None:
+                detail["fault_injected"] = False  # no retrain was caught running: the row is not valid
+            else:
                 processes.kill_pids([pid])
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
@@ -353,7 +358,8 @@ class Harness:
         opened = time.time()
         log_start = self._server_log_size()
         job_ids = self._submit_jobs(scenario)
-        time.sleep(self.cfg.steady_s)
+        if scenario != "ray_worker_kill":  # a retrain takes seconds: look for its worker at once
+            time.sleep(self.cfg.steady_s)
         healed, detail = self.inject(scenario, job_ids)
         closes_at = healed + self.cfg.after_s  # the fleet runs on normally until then
         closed: float | None = None

@@ -2,8 +2,8 @@
 and on `cut()` resets every open connection and refuses new ones until `restore()` (a network
 cut: the agent sees connection resets and refused connects, whatever it was sending).
 
-It also tells when a request is in flight (a client sent bytes that have no answer yet), so a
-kill can land in the middle of an upload."""
+It can also withhold the server's answers (`hold_answers()`), so a kill of the agent lands in the
+middle of an upload the server has already stored but the agent has not seen acknowledged."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class _Link:
         self.upstream = upstream
         self.last_request = 0.0  # monotonic time client bytes were last forwarded
         self.last_answer = 0.0  # monotonic time server bytes were last forwarded
+        self.withheld = 0  # answer bytes dropped while the proxy held answers
 
     @property
     def in_flight(self) -> bool:
@@ -46,6 +47,7 @@ class CutProxy:
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._cut = threading.Event()
+        self._hold = threading.Event()  # set: answers are dropped (the server did the work, the client never hears)
         self._closed = False
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
@@ -70,6 +72,27 @@ class CutProxy:
     def restore(self) -> None:
         self._cut.clear()
         logger.info("network restored")
+
+    def hold_answers(self) -> None:
+        """From now on the server's answers are dropped: a request the server has completed stays
+        unacknowledged for the client (what a crash between the server's commit and the ack looks like)."""
+        self._hold.set()
+
+    def release_answers(self) -> None:
+        self._hold.clear()
+
+    def withheld(self) -> int:
+        """Connections whose answer was dropped."""
+        with self._lock:
+            return sum(1 for link in self._links if link.withheld)
+
+    def wait_withheld(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.withheld():
+                return True
+            time.sleep(0.005)
+        return False
 
     @property
     def is_cut(self) -> bool:
@@ -131,6 +154,9 @@ class CutProxy:
                 if upward:
                     link.last_request = time.monotonic()
                     self.bytes_up += len(data)
+                elif self._hold.is_set():
+                    link.withheld += len(data)
+                    continue
                 else:
                     link.last_answer = time.monotonic()
                     self.bytes_down += len(data)

@@ -38,8 +38,20 @@ async def wire_format_error(request: Request, exc: Exception) -> JSONResponse:
 UNSTORABLE_TEXT = ("22021", "22P05")  # character_not_in_repertoire, untranslatable_character
 
 
-async def database_error(request: Request, exc: Exception) -> JSONResponse:
+# PostgreSQL's answers while it shuts down or starts up (admin_shutdown, crash_shutdown,
+# cannot_connect_now), and connection exceptions (class 08): unavailable, retry shortly.
+UNAVAILABLE_STATES = ("57P01", "57P02", "57P03")
+
+
+def _unavailable(exc: Exception) -> bool:
     if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    return state in UNAVAILABLE_STATES or state.startswith("08")
+
+
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    if _unavailable(exc):
         logger.error("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return _json(503, "the database is unavailable right now; retry shortly", {"Retry-After": "5"})
     if getattr(getattr(exc, "orig", None), "sqlstate", None) in UNSTORABLE_TEXT:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from fastapi.testclient import TestClient
+from starlette.requests import Request
 
 from control_plane.main import create_app
 from control_plane.settings import Settings
@@ -39,3 +41,23 @@ def test_without_redis_devices_and_operators_carry_on(settings, keys, tmp_path) 
         assert r.status_code == 200 and r.json() == {"acked": [0]}
         assert c.get(f"/api/v1/devices/{dev.id}/assignment", headers=dev.auth).status_code == 200
         assert c.get("/readyz").status_code == 503  # ... and readiness says Redis is missing
+
+
+@pytest.mark.parametrize("sqlstate,status", [("57P03", 503), ("57P01", 503), ("08006", 503), ("22021", 422),
+                                             ("42P01", 500)])
+def test_database_errors_map_by_sqlstate(sqlstate: str, status: int) -> None:
+    """While PostgreSQL starts up ("the database system is starting up", 57P03) the driver's error is
+    a plain DBAPIError: it must still be a 503 to retry (the benchmark's postgres_restart saw 500s)."""
+    import asyncio
+
+    from sqlalchemy.exc import DBAPIError
+
+    from control_plane.api.errors import database_error
+
+    orig = Exception("the database system is starting up")
+    orig.sqlstate = sqlstate  # type: ignore[attr-defined]
+    request = Request({"type": "http", "method": "GET", "path": "/api/v1/devices", "headers": []})
+    r = asyncio.run(database_error(request, DBAPIError("SELECT 1", {}, orig)))
+    assert r.status_code == status
+    if status == 503:
+        assert r.headers["Retry-After"]
