@@ -5,10 +5,8 @@ devices, keys, sketches and versions. Every table is emptied before each test.""
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,10 +15,6 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from cp_helpers import Dev, make_device
-
 from control_plane.db.engine import make_sync_engine
 from control_plane.db.migrate import upgrade
 from control_plane.db.models import Base
@@ -28,9 +22,8 @@ from control_plane.main import create_app
 from control_plane.services import auth
 from control_plane.services.store import FleetStore
 from control_plane.settings import Settings
+from tests.control_plane.cp_helpers import PG_ADMIN, REDIS_URL, Dev, make_device
 
-PG_ADMIN = os.environ.get("QSAE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("QSAE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TABLES = [t.name for t in reversed(Base.metadata.sorted_tables)]
 
 

@@ -1,8 +1,8 @@
-"""Helpers shared by the control-plane tests (imported as `cp_helpers`; conftest puts this folder
-on sys.path, the name is unique so it clashes with no other test package)."""
+"""Helpers and constants shared by the control-plane tests."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,6 +16,8 @@ from qsae_shared.manifest import ConfidenceProfile, FileEntry, Manifest, PolicyF
 from qsae_shared.sketch import SketchBuilder
 
 BASE_MODEL = "fmnist-cnn"
+PG_ADMIN = os.environ.get("QSAE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("QSAE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def bearer(token: str) -> dict[str, str]:

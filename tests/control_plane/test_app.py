@@ -16,8 +16,6 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import REDIS_URL
-from cp_helpers import bearer, make_device, make_version, record
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
@@ -29,6 +27,7 @@ from control_plane.main import create_app
 from control_plane.schemas import TelemetryRecord
 from control_plane.services import fleet
 from control_plane.settings import Settings
+from tests.control_plane.cp_helpers import PG_ADMIN, REDIS_URL, bearer, make_device, make_version, record
 
 
 def test_healthz_and_readyz(client):
@@ -183,7 +182,6 @@ def test_importing_the_app_loads_neither_torch_nor_ray():
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migrations_go_down_and_up_again(backend, tmp_path):
     import psycopg
-    from conftest import PG_ADMIN
 
     from control_plane.db.migrate import current_revision, downgrade, head_revision, upgrade
 

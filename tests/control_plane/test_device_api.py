@@ -7,13 +7,21 @@ import threading
 import time
 
 import pytest
-from cp_helpers import BASE_MODEL, Dev, bearer, make_device, make_sketch, make_version, record
 from sqlalchemy import func, select
 
 from control_plane.db.models import DeviceEvent, SketchRecord, Telemetry
 from control_plane.services.store import FleetStore
 from qsae_shared.manifest import Manifest
 from qsae_shared.signing import verify_manifest
+from tests.control_plane.cp_helpers import (
+    BASE_MODEL,
+    Dev,
+    bearer,
+    make_device,
+    make_sketch,
+    make_version,
+    record,
+)
 
 
 def count(store: FleetStore, model, device_id: str) -> int:  # type: ignore[no-untyped-def]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from cp_helpers import BASE_MODEL, bearer, make_device, make_sketch, make_version, record
+
+from tests.control_plane.cp_helpers import BASE_MODEL, bearer, make_device, make_sketch, make_version, record
 
 
 def op(keys, role="operator"):  # type: ignore[no-untyped-def]

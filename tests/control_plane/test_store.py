@@ -10,7 +10,6 @@ import time
 from dataclasses import replace
 
 import pytest
-from cp_helpers import BASE_MODEL, make_device, make_sketch, make_version
 from sqlalchemy import update
 
 from control_plane.db.models import Job
@@ -18,6 +17,7 @@ from control_plane.errors import ConflictError, NotFoundError, ValidationFailedE
 from control_plane.services.store import FleetStore
 from qsae_shared.manifest import Manifest
 from qsae_shared.signing import verify_manifest
+from tests.control_plane.cp_helpers import BASE_MODEL, make_device, make_sketch, make_version
 
 
 def test_enqueue_is_idempotent_and_one_active_per_device(client, keys, store):
