@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-import dashboards
 from control_plane.api import errors
 from control_plane.api.context import AppContext
 from control_plane.api.routes import (
@@ -104,7 +103,6 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
     app.include_router(health.router)
     _mount_dashboard(app)
     _document_raw_bodies(app)
-    dashboards.mount(app)  # the operator UI under /dashboard (static files, no torch)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_sketch_bytes=settings.max_sketch_bytes, body_timeout_s=settings.client_timeout_s)
