@@ -299,6 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         enroll_s = time.perf_counter() - t0
         print(f"enrolled {len(devices)} devices in {enroll_s:.1f} s", flush=True)
         seqs = dict.fromkeys((d for d, _ in devices), 0)
+        load_before = os.getloadavg()[0]
         tel, tel_cpu = measured(lambda: drive(port, devices, duration, args.concurrency, noop=False,
                                               seq_start=seqs), proc.pid)
         print(f"telemetry: {tel.summary()} {tel_cpu}", flush=True)
@@ -314,7 +315,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "postgres_synchronous_commit": sync_commit, "enroll_seconds": round(enroll_s, 1),
                            "telemetry_commits_seen": commits,
                            "requests_per_commit": round(tel.summary()["requests"] / commits, 1) if commits else None,
-                           "cpus": os.cpu_count()}}
+                           "cpus": os.cpu_count(),
+                           # The machine is shared: the 1-minute load average before and after says
+                           # how much of it other processes took.
+                           "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}}
     finally:
         if proc is not None:
             proc.terminate()
@@ -341,8 +345,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--devices", type=int, help="devices to enroll (default 10,000; quick 2,000)")
     p.add_argument("--duration", type=float, help="seconds per phase (default 60; quick 15)")
-    p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     p.add_argument("--redis", default=None, help="Redis URL for rate limits (default: none)")
     args = p.parse_args()
     result = run(args)
