@@ -306,8 +306,12 @@ class Dispatcher:
             logger.info("job %s device %s: the deployed version stays the best candidate", job.id, device_id)
             return
         manifest = Manifest.from_json(result["manifest"])
-        manifest = replace(manifest, extra={**manifest.extra, "reference_hist": result["reference_hist"],
-                                            "job_id": job.id, "trigger": job.trigger_reason})
+        floors = {k: type(getattr(manifest.floors, k))(policy.extra[k])
+                  for k in ("shadow_agreement_min", "rollback_accuracy_drop_pp", "rollback_window")
+                  if k in policy.extra}  # the cohort's policy may set the device-side floors
+        manifest = replace(manifest, floors=replace(manifest.floors, **floors),
+                           extra={**manifest.extra, "reference_hist": result["reference_hist"],
+                                  "job_id": job.id, "trigger": job.trigger_reason})
         self._store_files(result["files"])
         metrics = dict(result["metrics"])
         method = manifest.method

@@ -4,9 +4,7 @@ MLflow version with the device's alias and deploys it; running the job again mak
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 from sqlalchemy import text
 
 from control_plane.db.migrate import upgrade
@@ -14,30 +12,16 @@ from control_plane.services import FleetStore
 from control_plane.services import devices as device_service
 from control_plane.services import sketches as sketch_service
 from control_plane.settings import Settings
-from qsae_shared.data import preprocess
-from qsae_shared.distributions import DeviceProfile, Phase
 from qsae_shared.manifest import Manifest
-from qsae_shared.sketch import SketchBuilder, parse_sketch, select_recent
-from workers import profile
+from qsae_shared.sketch import parse_sketch, select_recent
+from tests.tiny_model import device_sketches, tiny_checkpoint
 from workers.dispatcher import Dispatcher, DispatcherConfig, init_ray
 from workers.tracking import Tracker, alias_for_device
-from workers.training import TrainConfig, train
-
-TINY = {
-    "name": "tiny-cnn", "input_shape": [1, 28, 28], "stem_end": 3,
-    "layers": [
-        {"type": "conv", "in": 1, "out": 8, "kernel": 3, "padding": 1}, {"type": "relu"},
-        {"type": "maxpool", "kernel": 2},
-        {"type": "conv", "in": 8, "out": 16, "kernel": 3, "padding": 1}, {"type": "relu"},
-        {"type": "maxpool", "kernel": 2}, {"type": "flatten"},
-        {"type": "linear", "in": 784, "out": 32}, {"type": "relu"}, {"type": "linear", "in": 32, "out": 10},
-    ],
-}
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint():
-    return train(TINY, TrainConfig(epochs=1, train_images=6000, validation_images=2000, threads=1))
+def tiny():
+    return tiny_checkpoint()
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +30,9 @@ def ray_local():
     yield
 
 
-def device_sketches(ck, device_id: str, n_uploads: int, classes=(5, 7, 9)) -> list[bytes]:
-    weights = tuple(1.0 if c in classes else 0.0 for c in range(10))
-    stream = DeviceProfile(device_id, (Phase(10**9, weights),)).stream("train", role="calibration")
-    edges = np.asarray(profile.base_profile(ck).hist_edges)
-    builder = SketchBuilder(device_id, ck.name, edges, seed=1)
-    net = ck.network()
-    uploads = []
-    for i in range(n_uploads):
-        x = torch.from_numpy(preprocess(stream.next_batch(200).images))
-        with torch.no_grad():
-            stem = net[: ck.spec["stem_end"]](x)
-            probs = torch.softmax(net(x), dim=1)
-        builder.update(stem.numpy(), probs.numpy(), now=1000.0 + i)
-        uploads.append(builder.emit())
-    return uploads
-
-
-def test_select_sketches_stops_at_a_drift_and_at_the_calibration_size(tiny_checkpoint):
-    old = [parse_sketch(b) for b in device_sketches(tiny_checkpoint, "d", 3, classes=(0, 2, 4))]
-    new = [parse_sketch(b) for b in device_sketches(tiny_checkpoint, "d", 3, classes=(5, 7, 9))]
+def test_select_sketches_stops_at_a_drift_and_at_the_calibration_size(tiny):
+    old = [parse_sketch(b) for b in device_sketches(tiny, "d", 3, classes=(0, 2, 4))]
+    new = [parse_sketch(b) for b in device_sketches(tiny, "d", 3, classes=(5, 7, 9))]
     for i, s in enumerate(old + new):
         s.window_end, s.seq = float(i), i
     chosen = select_recent(old + new, calibration_size=10_000, drift_threshold=0.02)
@@ -73,12 +40,12 @@ def test_select_sketches_stops_at_a_drift_and_at_the_calibration_size(tiny_check
     assert len(select_recent(old + new, calibration_size=1, drift_threshold=0.02)) == 1
 
 
-def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny_checkpoint, ray_local):
+def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny, ray_local):
     settings = Settings(state_dir=tmp_path, calibration_size=256)
     upgrade(str(settings.database_url))
     store = FleetStore(settings)
     tracker = Tracker(str(settings.mlflow_tracking_uri), tmp_path / "mlartifacts")
-    dispatcher = Dispatcher(store, tracker, DispatcherConfig(max_parallel=2), checkpoint=tiny_checkpoint)
+    dispatcher = Dispatcher(store, tracker, DispatcherConfig(max_parallel=2), checkpoint=tiny)
     device, _ = store.db.run(device_service.create_device, name="shoe-shop", labels={"cohort": "retail"},
                              base_model="tiny-cnn", actor="test", enrollment_ttl_s=60)
     device_id = device.id
@@ -89,7 +56,7 @@ def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny_checkpo
     assert base is not None and store.version_manifest(base).device_id is None
     assert tracker.version_by_alias("tiny-cnn", "champion") == "1"
 
-    for blob in device_sketches(tiny_checkpoint, device_id, 8):
+    for blob in device_sketches(tiny, device_id, 8):
         store.db.run(sketch_service.store_sketch, device_id, blob, parse_sketch(blob))
     job, created = store.enqueue_job(device_id, "retrain", f"retrain:{device_id}:7:1", "drift 0.2 > 0.1")
     assert created
