@@ -17,6 +17,7 @@ from control_plane.errors import RateLimitedError
 
 logger = logging.getLogger(__name__)
 Note = tuple[str, object]
+RATE_SYNC_S = 1.0  # how often a process shares its rate-limit counts through Redis
 
 
 class LocalRateLimiter:
@@ -49,6 +50,12 @@ class AsyncBus:
         self._local_limiter = LocalRateLimiter(rate_limit_per_minute)
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._subscriber: asyncio.Task[None] | None = None
+        self._rate_sync: asyncio.Task[None] | None = None
+        self._rate_sync_failed = False
+        self._rl_window = -1
+        self._rl_pending: dict[str, int] = defaultdict(int)  # this process's counts not yet in Redis
+        self._rl_known: dict[str, int] = {}  # fleet-wide counts as of the last sync
+        self._rl_inflight: dict[str, int] = {}  # counts being added to Redis right now
         self._last_warning = 0.0
 
     async def start(self) -> None:
@@ -58,12 +65,15 @@ class AsyncBus:
             self.redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=5,
                                                  socket_connect_timeout=2, health_check_interval=30)
             self._subscriber = asyncio.create_task(self._subscribe(), name="assignment-subscriber")
+            if self.rate_limit_per_minute > 0:
+                self._rate_sync = asyncio.create_task(self._sync_rate_limits(), name="rate-limit-sync")
 
     async def close(self) -> None:
-        if self._subscriber:
-            self._subscriber.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._subscriber
+        for task in (self._subscriber, self._rate_sync):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -145,28 +155,56 @@ class AsyncBus:
 
     # --- rate limits -------------------------------------------------------------------
     async def hit_rate_limit(self, device_id: str) -> None:
-        """Count one request of `device_id`; raise RateLimitedError over the per-minute limit."""
+        """Count one request of `device_id`; raise RateLimitedError over the per-minute limit.
+
+        With Redis the count is fleet-wide but shared in the background: each process counts
+        locally and, every RATE_SYNC_S, adds its counts to the Redis counters (INCRBY, one pipeline
+        for all devices) and reads back the totals. A request costs no round trip; the limit is
+        exact per process and fleet-wide to within one sync interval of traffic."""
         if self.rate_limit_per_minute <= 0:
             return
         now = time.time()
-        if self.redis is None:
+        if self.redis is None or self._rate_sync_failed:
             self._local_limiter.hit(device_id, now)
             return
         window = int(now // 60)
-        k = C.key(self.prefix, C.RATE_LIMIT, device_id=device_id, window=window)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(k)
-                pipe.expire(k, 120)
-                count, _ = await pipe.execute()
-        except Exception as exc:  # count here instead of failing the request
-            self._warn("rate limit", exc)
-            self._local_limiter.hit(device_id, now)
-            return
-        if int(count) > self.rate_limit_per_minute:
+        if window != self._rl_window:
+            self._rl_window, self._rl_pending, self._rl_known, self._rl_inflight = window, defaultdict(int), {}, {}
+        count = (self._rl_known.get(device_id, 0) + self._rl_inflight.get(device_id, 0)
+                 + self._rl_pending[device_id] + 1)
+        if count > self.rate_limit_per_minute:
             raise RateLimitedError(
                 f"device {device_id} sent more than {self.rate_limit_per_minute} requests this minute; "
                 "slow down and retry after the Retry-After seconds", retry_after=60 - int(now % 60))
+        self._rl_pending[device_id] += 1
+
+    async def _sync_rate_limits(self) -> None:
+        while True:
+            await asyncio.sleep(RATE_SYNC_S)
+            if not self._rl_pending:
+                continue
+            window, pending = self._rl_window, self._rl_pending
+            self._rl_pending, self._rl_inflight = defaultdict(int), pending
+            items = list(pending.items())
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:  # type: ignore[union-attr]
+                    for device_id, n in items:
+                        k = C.key(self.prefix, C.RATE_LIMIT, device_id=device_id, window=window)
+                        pipe.incrby(k, n)
+                        pipe.expire(k, 120)
+                    results = await pipe.execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # count locally until Redis answers again
+                self._warn("rate limit", exc)
+                self._rate_sync_failed = True
+                self._rl_inflight = {}
+                continue
+            self._rate_sync_failed = False
+            if window == self._rl_window:
+                for (device_id, _), total in zip(items, results[::2], strict=True):
+                    self._rl_known[device_id] = int(total)  # includes what this sync added
+                self._rl_inflight = {}
 
 
 class SyncBus:

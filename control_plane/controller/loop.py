@@ -155,7 +155,13 @@ class Controller:
             deployed_at=deployed_at if deployed_at is not None or not device.deployed_version else None,
             baseline=baseline, recent=recent, reference_hist=reference, latest_hist=latest_hist,
             has_sketches=fresh_samples >= self.config.min_fresh_samples)
-        state = replace(state, last_refused=self._refused(device.id, last_job))
+        refused = self._refused(device.id, last_job)
+        if refused and state.reference_hist is None and last_job is not None and last_job.version_id:
+            # Judge drift against the data the refused version was built from: new data, new try.
+            ref = self.store.version_manifest(last_job.version_id).extra.get("reference_hist")
+            if ref is not None and latest_hist is not None and np.shape(ref) == latest_hist.shape:
+                state = replace(state, reference_hist=np.asarray(ref, dtype=np.float64))
+        state = replace(state, last_refused=refused)
         decision = decide(state, tp)
         if decision.drift is not None:
             self.store.record_drift(device.id, decision.drift)

@@ -223,3 +223,21 @@ def test_device_touches_are_written_in_the_background(settings):
         got = st.get_device(d.id)
         assert got.deployed_version == "v-bg" and got.last_seen_at is not None
         st.close()
+
+
+def test_rate_limit_is_shared_between_replicas_through_redis(settings):
+    shared = settings.model_copy(update={"rate_limit_per_minute": 3, "redis_prefix": f"{settings.redis_prefix}rl:"})
+    with TestClient(create_app(shared)) as a, TestClient(create_app(shared)) as b:
+        from control_plane.services import auth
+        from control_plane.services.store import FleetStore
+
+        st = FleetStore(shared)
+        key = st.db.run(auth.create_api_key, name="o", role="operator", actor="t")[1]
+        st.close()
+        d = make_device(a, {"operator": key})
+        url = f"/api/v1/devices/{d.id}/assignment"
+        assert [a.get(url, headers=d.auth).status_code for _ in range(3)] == [200, 200, 200]
+        deadline = time.monotonic() + 5
+        while b.get(url, headers=d.auth).status_code != 429:  # replica b learns a's count within ~1 s
+            assert time.monotonic() < deadline, "replica b never saw replica a's requests"
+            time.sleep(0.3)
