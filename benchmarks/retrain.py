@@ -1,0 +1,79 @@
+"""P6: how long one device's retrain takes under the default policy, and how a fleet's retrains
+scale with Ray workers.
+
+    python -m benchmarks.retrain [--quick] --json PATH
+
+`per_device_seconds`: the median of one retrain (calibration from sketches, QSAE, KL-budgeted
+search, recovery, int8 export) on one core, over a few devices. `fleet`: the same N devices'
+retrains as Ray tasks through the dispatcher's task function, with 1 and then 2 Ray workers (CPUs).
+Targets: <= 10 s per device; 2 workers >= 1.8x the throughput of 1.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import BaseRuntime, base_checkpoint, parser, progress, setup, write_json
+from workers.dispatcher import _retrain_task, init_ray
+from workers.policy import DEFAULT_POLICY
+from workers.retrain import retrain
+
+SCENARIOS = ("classes-footwear", "classes-tops", "classes-trouser-dress-bag", "corrupt-contrast-noise", "full")
+
+
+def main() -> None:
+    args = parser("retrain", __doc__ or "").parse_args()
+    setup(threads=1)
+    n_single = 2 if args.quick else 4
+    n_fleet = 4 if args.quick else 8
+    ck = base_checkpoint()
+    runtime = BaseRuntime(ck)
+    devices = [(SCENARIOS[i % len(SCENARIOS)], i) for i in range(max(n_single, n_fleet))]
+    progress(f"building sketches for {len(devices)} devices")
+    sketches = {d: runtime.sketches(d[0], seed=d[1]) for d in devices}
+
+    single = []
+    for scenario, seed in devices[:n_single]:
+        t0 = time.perf_counter()
+        r = retrain(ck, sketches[(scenario, seed)], DEFAULT_POLICY, device_id=f"{scenario}-{seed}")
+        single.append(time.perf_counter() - t0)
+        progress(f"{scenario} seed {seed}: {single[-1]:.1f} s, {r.metrics['compression_ratio']:.1f}x, "
+                 f"kl {r.metrics['kl']:.4f} ({', '.join(f'{k} {v:.1f}' for k, v in r.timings.items())})")
+    per_device = statistics.median(single)
+    print(f"per-device retrain, 1 core: median {per_device:.2f} s over {n_single} devices", flush=True)
+
+    import ray
+
+    fleet = []
+    policy = {"kl_budget": DEFAULT_POLICY.kl_budget, "min_compression": DEFAULT_POLICY.min_compression}
+    for workers in (1, 2):
+        if ray.is_initialized():
+            ray.shutdown()
+        init_ray(None, num_cpus=workers)
+        task = ray.remote(num_cpus=1)(_retrain_task)
+        ck_ref = ray.put(ck)
+        # Warm the workers (process start, imports) before timing, as a long-running dispatcher is.
+        ray.get([task.remote(ck_ref, [s.to_bytes() for s in sketches[devices[0]]], policy, "warm", {}, 512)
+                 for _ in range(workers)])
+        t0 = time.perf_counter()
+        refs = [task.remote(ck_ref, [s.to_bytes() for s in sketches[d]], policy, f"{d[0]}-{d[1]}", {}, 512)
+                for d in devices[:n_fleet]]
+        ray.get(refs)
+        seconds = time.perf_counter() - t0
+        fleet.append({"workers": workers, "devices": n_fleet, "seconds": seconds})
+        print(f"fleet: {n_fleet} retrains on {workers} Ray worker(s): {seconds:.1f} s", flush=True)
+    ray.shutdown()
+    speedup = fleet[0]["seconds"] / fleet[1]["seconds"]
+    print(f"throughput with 2 workers: {speedup:.2f}x that of 1 (target >= 1.8x); "
+          f"per device {per_device:.2f} s (target <= 10 s)", flush=True)
+    write_json(args.json, "retrain", rows=[{"per_device": s} for s in single],
+               per_device_seconds=per_device, fleet=fleet, speedup_2_vs_1=speedup,
+               cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+
+
+if __name__ == "__main__":
+    main()
