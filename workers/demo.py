@@ -97,15 +97,67 @@ def _scaled_scenario(plan: DemoPlan) -> dict[str, Any]:
     return doc
 
 
-def run_demo(quick: bool = False) -> None:
-    from control_plane.controller.loop import Controller, ControllerConfig
-    from control_plane.db.migrate import upgrade
-    from control_plane.services import FleetStore
-    from control_plane.settings import Settings
-    from edge_agent.simulator import simulate
-    from workers.dispatcher import Dispatcher, DispatcherConfig, init_ray
-    from workers.tracking import Tracker
+class FleetSession:
+    """The embedded stack for one run: control plane (uvicorn thread), dispatcher and controller
+    threads on a local Ray, a fresh SQLite database under `run_dir`, MLflow at `mlflow_uri`."""
 
+    def __init__(self, ck: Any, run_dir: Path, mlflow_uri: str, policy: dict[str, Any] | None = None) -> None:
+        self.ck = ck
+        self.run_dir = run_dir
+        self.mlflow_uri = mlflow_uri
+        self.policy = policy or {}
+        self.admin_key = "qk_demo_" + secrets.token_urlsafe(24)
+
+    def __enter__(self) -> FleetSession:
+        from control_plane.controller.loop import Controller, ControllerConfig
+        from control_plane.db.migrate import upgrade
+        from control_plane.services import FleetStore
+        from control_plane.settings import Settings
+        from workers.dispatcher import Dispatcher, DispatcherConfig, init_ray
+        from workers.tracking import Tracker
+
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.settings = Settings(state_dir=self.run_dir, port=_free_port(), bootstrap_admin_key=self.admin_key,
+                                 mlflow_tracking_uri=self.mlflow_uri, calibration_size=512, redis_url=None)
+        upgrade(str(self.settings.database_url))
+        self.server = _Server(self.settings)
+        self.server.start()
+        self.url = self.server.url
+        self.store = FleetStore(self.settings)
+        _set_demo_policy(self.url, self.admin_key, self.policy)
+        init_ray(None, num_cpus=2)
+        self.tracker = Tracker(self.mlflow_uri, (STATE / "mlartifacts").resolve())
+        self.stop = threading.Event()
+        dispatcher = Dispatcher(self.store, self.tracker, DispatcherConfig(max_parallel=2), checkpoint=self.ck)
+        controller = Controller(self.store, ControllerConfig(tick_s=2.0, min_inferences=256,
+                                                             min_fresh_samples=self.settings.calibration_size,
+                                                             debounce_s=10.0))
+        self.threads = [threading.Thread(target=dispatcher.run, args=(self.stop,), name="dispatcher", daemon=True),
+                        threading.Thread(target=controller.run, args=(self.stop,), name="controller", daemon=True)]
+        for t in self.threads:
+            t.start()
+        base_job, _ = self.store.enqueue_job(None, "train_base", f"base:{self.ck.name}:{self.ck.base_version}",
+                                             "the fleet's starting version")
+        self.base_version = _wait_for_job(self.store, base_job.id)
+        return self
+
+    def simulate(self, scenario: dict[str, Any], devices: int, seconds_per_round: float,
+                 progress: Any = None) -> Any:
+        from edge_agent.simulator import simulate
+
+        return simulate(self.url, scenario, devices=devices, operator_key=self.admin_key,
+                        state_dir=self.run_dir / "agents", initial_version=self.base_version,
+                        progress=progress, real_seconds_per_round=seconds_per_round)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        self.server.stop()
+        self.store.close()
+
+
+def run_demo(quick: bool = False) -> None:
     plan = QUICK if quick else FULL
     t_start = time.monotonic()
     console.rule("[bold]QSAE Fleet demo" + (" (quick)" if quick else ""))
@@ -113,38 +165,13 @@ def run_demo(quick: bool = False) -> None:
     ck = _base_checkpoint(plan.quick_base)
     console.print(f"    {ck.name} {ck.base_version}: test accuracy " +
                   ", ".join(f"{k} {100 * v:.1f} %" for k, v in ck.metrics.items()))
-
-    run_dir = (STATE / "demo").resolve()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    admin_key = "qk_demo_" + secrets.token_urlsafe(24)
-    settings = Settings(state_dir=run_dir, port=_free_port(), bootstrap_admin_key=admin_key,
-                        mlflow_tracking_uri=f"sqlite:///{(STATE / 'mlflow.db').resolve()}",
-                        calibration_size=512, redis_url=None)
-    upgrade(str(settings.database_url))
+    mlflow_uri = f"sqlite:///{(STATE / 'mlflow.db').resolve()}"
     console.print("2/4 services: control plane, dispatcher (local Ray), controller on 127.0.0.1")
-    server = _Server(settings)
-    server.start()
-    store = FleetStore(settings)
-    _set_demo_policy(server.url, admin_key)
-    init_ray(None, num_cpus=2)
-    tracker = Tracker(str(settings.mlflow_tracking_uri), (STATE / "mlartifacts").resolve())
-    stop = threading.Event()
-    dispatcher = Dispatcher(store, tracker, DispatcherConfig(max_parallel=2), checkpoint=ck)
-    controller = Controller(store, ControllerConfig(tick_s=2.0, min_inferences=256,
-                                                    min_fresh_samples=settings.calibration_size,
-                                                    debounce_s=10.0))
-    threads = [threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher", daemon=True),
-               threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)]
-    for t in threads:
-        t.start()
-    try:
-        base_job, _ = store.enqueue_job(None, "train_base", f"base:{ck.name}:{ck.base_version}",
-                                        "demo: the fleet's starting version")
-        base_version = _wait_for_job(store, base_job.id)
-        console.print(f"    base version {base_version} registered in MLflow as {ck.name} (alias champion)")
-
+    with FleetSession(ck, (STATE / "demo").resolve(), mlflow_uri) as fleet:
+        store = fleet.store
+        console.print(f"    base version {fleet.base_version} registered in MLflow as {ck.name} (alias champion)")
         console.print(f"3/4 fleet: {plan.devices} simulated devices, three kinds of drift, "
-                      f"{plan.seconds_per_round:.2f} s per round of {32} images")
+                      f"{plan.seconds_per_round:.2f} s per round of 32 images")
         scenario = _scaled_scenario(plan)
         with Progress(TextColumn("    stream"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
                       TextColumn("{task.fields[jobs]}"), TimeElapsedColumn(), console=console) as progress:
@@ -157,30 +184,20 @@ def run_demo(quick: bool = False) -> None:
                                     jobs=f"jobs: {counts.get('succeeded', 0)} done, "
                                          f"{counts.get('running', 0) + counts.get('queued', 0)} pending")
 
-            report = simulate(server.url, scenario, devices=plan.devices, operator_key=admin_key,
-                              state_dir=run_dir / "agents", initial_version=base_version,
-                              progress=on_round, real_seconds_per_round=plan.seconds_per_round)
+            report = fleet.simulate(scenario, plan.devices, plan.seconds_per_round, on_round)
         console.print("4/4 results")
         _print_results(store, report, scenario, ck)
         console.print(f"\nfleet accuracy {100 * (report.accuracy or 0):.2f} %, label-free estimate MAE "
                       f"{report.estimate_mae_pp or float('nan'):.2f} pp; demo took "
                       f"{time.monotonic() - t_start:.0f} s")
-        console.print(f"dashboard (while a server runs on this state): {server.url}/dashboard  "
-                      f"(operator key: {admin_key})")
-        console.print("MLflow UI: .venv/bin/mlflow ui --backend-store-uri "
-                      f"sqlite:///{(STATE / 'mlflow.db').resolve()} --port 5000")
-        console.print(f"serve this fleet again: FLEET_STATE_DIR={run_dir} "
-                      f"FLEET_MLFLOW_TRACKING_URI=sqlite:///{(STATE / 'mlflow.db').resolve()} "
-                      f"FLEET_BOOTSTRAP_ADMIN_KEY={admin_key} .venv/bin/qsae-fleet serve")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        server.stop()
-        store.close()
+        console.print("dashboard: serve this fleet again, then open http://127.0.0.1:8000/dashboard "
+                      f"with the operator key {fleet.admin_key}:")
+        console.print(f"    FLEET_STATE_DIR={fleet.run_dir} FLEET_MLFLOW_TRACKING_URI={mlflow_uri} "
+                      f"FLEET_BOOTSTRAP_ADMIN_KEY={fleet.admin_key} .venv/bin/qsae-fleet serve")
+        console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_uri} --port 5000")
 
 
-def _set_demo_policy(url: str, admin_key: str) -> None:
+def _set_demo_policy(url: str, admin_key: str, overrides: dict[str, Any] | None = None) -> None:
     """The default policy, with a debounce that suits a stream compressed into minutes."""
     from workers.policy import DEFAULT_POLICY
 
@@ -190,6 +207,7 @@ def _set_demo_policy(url: str, admin_key: str) -> None:
     values = {k: v for k, v in r.json().items() if k not in ("name", "updated_at")}
     values.update(kl_budget=DEFAULT_POLICY.kl_budget, min_compression=DEFAULT_POLICY.min_compression)
     values["extra"] = {**values.get("extra", {}), "debounce_s": 10.0, "min_labelled": 150}
+    values.update(overrides or {})
     httpx.put(f"{url}/api/v1/policies/default", headers=headers, json=values, timeout=10).raise_for_status()
 
 

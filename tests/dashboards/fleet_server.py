@@ -168,7 +168,7 @@ def seed(live: LiveServer) -> None:
 
     # States: cam-02 drifts, cam-03 retrains (a running job), cam-04 was rolled back by its agent,
     # cam-05 never reported (offline).
-    store.record_drift(d["cam-01"], 0.012)
+    store.record_drift(d["cam-01"], 0.004)
     store.record_drift(d["cam-02"], 0.31)
     job3, _ = store.enqueue_job(d["cam-03"], "retrain", "seed:cam-03:1", "estimated accuracy 84.0% < baseline 88.0% - 4 pp")
     claimed = store.claim_next_job("seed-worker")

@@ -75,7 +75,7 @@ def test_login_rejects_an_unknown_key_and_keeps_nothing(open_session, fleet: Liv
     assert s.page.evaluate("sessionStorage.getItem('qsae.apiKey')") is None
     s.testid("api-key").fill(fleet.keys["viewer"])
     s.testid("login-submit").click()
-    expect(s.testid("role")).to_have_text("viewer")
+    expect(s.testid("role")).to_have_text(re.compile(r"(^|· )viewer$"))
     assert s.page.evaluate("sessionStorage.getItem('qsae.apiKey')") == fleet.keys["viewer"]
 
 
@@ -201,7 +201,7 @@ def test_operator_reprunes_and_sees_the_job_appear(open_session, fleet: LiveServ
 
 def test_viewer_sees_but_cannot_act(open_session, fleet: LiveServer) -> None:
     s = open_session("viewer")
-    expect(s.testid("role")).to_have_text("viewer")
+    expect(s.testid("role")).to_have_text(re.compile(r"(^|· )viewer$"))
     dev = fleet.devices["cam-01"]
     device_page(s, fleet, "cam-01")
     expect(s.testid("read-only-note")).to_be_visible()
