@@ -97,7 +97,7 @@ def main() -> None:
         report = fleet.simulate(scenario, plan.devices, plan.seconds_per_round)
         store = fleet.store
         versions = {v.id: v for v in store.list_versions(limit=10_000)}
-        sketch_max = max(r.size_bytes for d in report.devices
+        sketch_max = max(len(r.data) for d in report.devices
                          for r in store.device_sketch_records(d.device_id, ck.name)) if report.devices else 0
         served = {v for d in report.devices for v in d.versions}
         update_max = max((versions[v].download_bytes for v in served if v in versions
