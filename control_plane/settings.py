@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # SQLAlchemy pool size per process (PostgreSQL).
     db_pool_size: int = 10
     # A running job with no progress for this long is considered lost and re-queued, seconds.
-    job_lease_s: float = 3600.0
+    job_lease_s: float = 300.0  # the dispatcher renews it every 10 s while a job runs
     # Attempts before a failing job stays failed.
     job_max_attempts: int = 3
     # Fashion-MNIST folder (the Debian package's by default).

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from control_plane.errors import ConflictError
 from control_plane.schemas import JobPublic, PolicyPublic
 from control_plane.services import FleetStore
 from qsae_shared.manifest import Manifest
@@ -191,13 +192,18 @@ class Dispatcher:
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
-        for f in self.inflight.values():
+        for ref, f in list(self.inflight.items()):
             if now - f.last_beat >= self.config.heartbeat_s:
                 f.last_beat = now
                 elapsed = now - f.started
-                # Progress is an estimate from elapsed time against the usual retrain (~10 s).
-                self.store.update_job_progress(f.job.id, min(0.9, 0.1 + elapsed / 20),
-                                               f"running on Ray for {elapsed:.0f} s")
+                try:  # renews the lease; progress is an estimate against the usual retrain (~10 s)
+                    self.store.update_job_progress(f.job.id, min(0.9, 0.1 + elapsed / 20),
+                                                   f"running on Ray for {elapsed:.0f} s")
+                except ConflictError:  # an operator cancelled it: stop the task, keep serving others
+                    logger.info("job %s was cancelled; stopping its Ray task", f.job.id,
+                                extra={"job_id": f.job.id})
+                    self.inflight.pop(ref)
+                    self.ray.cancel(ref, force=True)
 
     # --- submit ------------------------------------------------------------------------------
     def _checkpoint_ref(self) -> Any:

@@ -80,3 +80,25 @@ def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny, ray_lo
     dispatcher.run_until_idle(timeout_s=60)
     assert len(store.list_versions(device_id=device_id)) == 1
     store.close()
+
+
+def test_a_cancelled_job_stops_its_task_and_the_dispatcher_goes_on(tmp_path):
+    """An operator cancels a running job: the next heartbeat's progress update is refused, the
+    dispatcher cancels the Ray task and keeps serving (it used to crash)."""
+    from types import SimpleNamespace
+
+    from control_plane.errors import ConflictError
+    from workers.dispatcher import _Inflight
+
+    class Store:
+        settings = SimpleNamespace(state_dir=tmp_path)
+
+        def update_job_progress(self, job_id, progress, message=""):
+            raise ConflictError(f"job {job_id} was cancelled")
+
+    cancelled = []
+    dispatcher = Dispatcher(Store(), tracker=None, config=DispatcherConfig(heartbeat_s=0.0))
+    dispatcher.ray = SimpleNamespace(cancel=lambda ref, force: cancelled.append(ref))
+    dispatcher.inflight["ref-1"] = _Inflight(SimpleNamespace(id=7), "ref-1", started=0.0, context={})
+    dispatcher._heartbeat()
+    assert dispatcher.inflight == {} and cancelled == ["ref-1"]
