@@ -11,19 +11,10 @@ import torch
 from qsae_shared.data import preprocess
 from qsae_shared.distributions import DeviceProfile, Phase
 from qsae_shared.sketch import SketchBuilder
-from workers import profile
+from workers import nets, profile
 from workers.training import Checkpoint, TrainConfig, train
 
-TINY = {
-    "name": "tiny-cnn", "input_shape": [1, 28, 28], "stem_end": 3,
-    "layers": [
-        {"type": "conv", "in": 1, "out": 8, "kernel": 3, "padding": 1}, {"type": "relu"},
-        {"type": "maxpool", "kernel": 2},
-        {"type": "conv", "in": 8, "out": 16, "kernel": 3, "padding": 1}, {"type": "relu"},
-        {"type": "maxpool", "kernel": 2}, {"type": "flatten"},
-        {"type": "linear", "in": 784, "out": 32}, {"type": "relu"}, {"type": "linear", "in": 32, "out": 10},
-    ],
-}
+TINY = nets.TINY_CNN
 
 
 @functools.cache

@@ -41,6 +41,19 @@ PINNED_CNN: Spec = {
     ],
 }
 
+# A small CNN with the pinned one's layer kinds and stem: trains on a slice in seconds, for tests and
+# the reliability benchmark (a retrain from sketches takes a few seconds).
+TINY_CNN: Spec = {
+    "name": "tiny-cnn", "input_shape": [1, 28, 28], "stem_end": 3,
+    "layers": [
+        {"type": "conv", "in": 1, "out": 8, "kernel": 3, "padding": 1}, {"type": "relu"},
+        {"type": "maxpool", "kernel": 2},
+        {"type": "conv", "in": 8, "out": 16, "kernel": 3, "padding": 1}, {"type": "relu"},
+        {"type": "maxpool", "kernel": 2}, {"type": "flatten"},
+        {"type": "linear", "in": 784, "out": 32}, {"type": "relu"}, {"type": "linear", "in": 32, "out": 10},
+    ],
+}
+
 WEIGHTED = ("conv", "linear")
 ELEMENTWISE = ("relu",)
 

@@ -13,27 +13,16 @@ import signal
 import threading
 from pathlib import Path
 
-# A small CNN with the pinned CNN's layer kinds (as tests/workers/test_dispatcher.py): 1 epoch on
-# 6,000 images trains in about half a minute, a retrain from sketches takes a few seconds.
-TINY_SPEC = {
-    "name": "tiny-cnn", "input_shape": [1, 28, 28], "stem_end": 3,
-    "layers": [
-        {"type": "conv", "in": 1, "out": 8, "kernel": 3, "padding": 1}, {"type": "relu"},
-        {"type": "maxpool", "kernel": 2},
-        {"type": "conv", "in": 8, "out": 16, "kernel": 3, "padding": 1}, {"type": "relu"},
-        {"type": "maxpool", "kernel": 2}, {"type": "flatten"},
-        {"type": "linear", "in": 784, "out": 32}, {"type": "relu"}, {"type": "linear", "in": 32, "out": 10},
-    ],
-}
-BASE_MODEL = TINY_SPEC["name"]
+BASE_MODEL = "tiny-cnn"  # workers.nets.TINY_CNN, as the tests use (imported lazily: no torch here)
 
 
 def tiny_checkpoint(cache_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny base model, trained on first use and cached under `cache_dir`."""
+    from workers.nets import TINY_CNN
     from workers.training import TrainConfig, load_or_train
 
     cfg = TrainConfig(epochs=1, train_images=6000, validation_images=2000, threads=1)
-    return load_or_train(TINY_SPEC, cfg, cache_dir)
+    return load_or_train(TINY_CNN, cfg, cache_dir)
 
 
 def main() -> None:

@@ -45,8 +45,8 @@ def _export(seed: int) -> tuple[Manifest, bytes]:
     """The real exporter's dense int8 artifact of a small (untrained) CNN: enough to install and run."""
     import torch
 
-    from benchmarks.faults.worker import TINY_SPEC
     from workers import nets
+    from workers.nets import TINY_CNN as TINY_SPEC
     from workers.retrain import export_base
     from workers.training import Checkpoint, quantize_stem
 
