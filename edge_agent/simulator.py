@@ -51,7 +51,8 @@ class SimulationConfig:
     label_rate: float = 0.5  # share of predictions whose true label is fed back
     label_delay_s: float = 30.0  # simulated seconds before a label arrives
     telemetry_interval_s: float = 60.0  # simulated seconds per telemetry window
-    sketch_interval_s: float = 300.0  # simulated seconds between sketches (at least 256 inferences each)
+    sketch_interval_s: float = 300.0  # simulated seconds between sketches
+    sketch_min_inferences: int = 256  # inferences a sketch covers at least
     eval_window: int = 1000  # inferences per window of the estimate-vs-truth comparison
     threads: int = 4  # worker threads stepping the agents
     base_model: str = "fmnist-cnn"  # base model of devices the simulator creates
@@ -285,6 +286,7 @@ def build_agents(profiles: list[DeviceProfile], cfg: SimulationConfig, server_ur
         settings = load_settings(None, state_dir=folder, server_url=server_url,
                                  telemetry_interval_s=cfg.telemetry_interval_s,
                                  sketch_interval_s=cfg.sketch_interval_s, pending_labels=cfg.pending_labels,
+                                 sketch_min_inferences=cfg.sketch_min_inferences,
                                  sketch_in_background=False,  # the simulator's threads already overlap
                                  backoff_base_s=min(5.0, cfg.seconds_per_batch * 2),
                                  poll_interval_s=max(cfg.seconds_per_batch * 10, 10.0))
