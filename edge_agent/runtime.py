@@ -207,6 +207,8 @@ class Runtime:
 
     @property
     def sketch_inferences(self) -> int:
+        if self._feeder is not None:  # count what predict() submitted, not only what the feeder applied
+            self._feeder.barrier()
         b = self._builder
         return b.inference_count if b else 0
 
