@@ -4,12 +4,10 @@ devices, keys, sketches and versions. Every table is emptied before each test.""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -22,23 +20,16 @@ from control_plane.main import create_app
 from control_plane.services import auth
 from control_plane.services.store import FleetStore
 from control_plane.settings import Settings
-from tests.control_plane.cp_helpers import PG_ADMIN, REDIS_URL, Dev, make_device
+from tests.control_plane.cp_helpers import REDIS_URL, Dev, make_device
+from tests.scratch_db import scratch_postgres
 
 TABLES = [t.name for t in reversed(Base.metadata.sorted_tables)]
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    name = f"qsae_cp_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        upgrade(url)
+    with scratch_postgres("qsae_cp_test") as url:
         yield url
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -13,27 +13,26 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from control_plane.controller.loop import Controller, ControllerConfig
-from control_plane.db.migrate import upgrade
 from control_plane.services import FleetStore
 from control_plane.settings import Settings
 from edge_agent.simulator import SimClock, SimulationConfig, assign_version, build_agents
 from qsae_shared.distributions import profiles_from_scenario
 from qsae_shared.manifest import PolicyFloors
 from qsae_shared.sketch import parse_sketch
+from tests.scratch_db import scratch_postgres
 from tests.tiny_model import tiny_checkpoint
 from workers.demo import _Server
 from workers.dispatcher import Dispatcher, DispatcherConfig, init_ray
 from workers.tracking import Tracker, alias_for_device
 
-PG_ADMIN = os.environ.get("QSAE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ADMIN = "qk_it_" + uuid.uuid4().hex
 FOOTWEAR, BAGS = ["sandal", "sneaker", "ankle-boot"], ["trouser", "dress", "bag"]
 
@@ -74,15 +73,9 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pg_database():
-    name = f"qsae_it_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def pg_database() -> Iterator[str]:
+    with scratch_postgres("qsae_it") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -14,35 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from control_plane.db.migrate import upgrade
 from control_plane.main import create_app
 from control_plane.services import auth
 from control_plane.services.store import FleetStore
 from control_plane.settings import Settings
 from tests.reliability.helpers import ROOT, Dev, bearer, free_port, new_device
+from tests.scratch_db import scratch_postgres
 
-PG_ADMIN = os.environ.get("QSAE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("QSAE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 ROLES = ("viewer", "operator", "admin")
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    name = f"qsae_rel_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        upgrade(url)
+    with scratch_postgres("qsae_rel_test") as url:
         yield url
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
