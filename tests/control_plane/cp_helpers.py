@@ -16,7 +16,6 @@ from qsae_shared.manifest import ConfidenceProfile, FileEntry, Manifest, PolicyF
 from qsae_shared.sketch import SketchBuilder
 
 BASE_MODEL = "fmnist-cnn"
-PG_ADMIN = os.environ.get("QSAE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("QSAE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 

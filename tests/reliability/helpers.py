@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qsae_shared.sketch import SketchBuilder
+from tests.control_plane.cp_helpers import Dev, bearer
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_MODEL = "fmnist-cnn"
@@ -21,20 +21,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@dataclass
-class Dev:
-    id: str
-    token: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return bearer(self.token)
 
 
 def new_device(client: Any, operator_key: str, base_model: str = BASE_MODEL) -> Dev:
