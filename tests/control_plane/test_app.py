@@ -27,7 +27,8 @@ from control_plane.main import create_app
 from control_plane.schemas import TelemetryRecord
 from control_plane.services import fleet
 from control_plane.settings import Settings
-from tests.control_plane.cp_helpers import PG_ADMIN, REDIS_URL, bearer, make_device, make_version, record
+from tests.control_plane.cp_helpers import REDIS_URL, bearer, make_device, make_version, record
+from tests.scratch_db import PG_ADMIN
 
 
 def test_healthz_and_readyz(client):
