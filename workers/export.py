@@ -47,14 +47,23 @@ def packed_tensors(net: nn.Sequential, spec: nets.Spec, masks: dict[int, torch.T
 
 def activation_quant(net: nn.Sequential, spec: nets.Spec, calib: Calibration,
                      layers: list[int]) -> dict[int, ActQuant]:
-    """uint8 input (and conv output) ranges of int8-compute layers, from the calibration set."""
+    """uint8 ranges of int8-compute layers, from the calibration set: each weighted layer's
+    output range is taken after the ReLU that follows it (zero point 0), and the next weighted
+    layer's input range is that same range, so a uint8 tensor passes from one int8 layer to the
+    next unchanged (`workers.onnx_graph`). The first layer after the stem reads the stem's range."""
     out: dict[int, ActQuant] = {}
+    kinds = [layer["type"] for layer in spec["layers"]]
     h = calib.stem_out
+    x = _uint8(h)
     with torch.no_grad():
-        for i in range(spec["stem_end"], len(spec["layers"])):
+        for i in range(spec["stem_end"], len(kinds)):
             nxt = net[i](h)
-            if i in layers:
-                out[i] = ActQuant(*_uint8(h), *_uint8(nxt))
+            if kinds[i] in nets.WEIGHTED:
+                activated = torch.relu(nxt) if i + 1 < len(kinds) and kinds[i + 1] == "relu" else nxt
+                y = _uint8(activated)
+                if i in layers:
+                    out[i] = ActQuant(*x, *y)
+                x = y
             h = nxt
     return out
 
@@ -117,25 +126,31 @@ def run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 1000) -> tuple[n
 def simulate(net: nn.Sequential, spec: nets.Spec, compute: dict[int, str] | None = None,
              act: dict[int, ActQuant] | None = None) -> nn.Sequential:
     """A torch network that computes what the artifact computes in ONNX Runtime: int8-stored
-    weights everywhere; int8-compute layers also round their input (and conv output) to uint8."""
+    weights everywhere; int8-compute layers also round their input to uint8, their bias to int32
+    at scale x_scale * w_scale and, when they hand on a uint8 tensor, their output to uint8."""
     sim = copy.deepcopy(net).eval()
+    scales: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for i in nets.weighted_indices(spec):
             q, s = quantize(sim[i].weight)
             sim[i].weight.copy_(q.float() * s.view((-1,) + (1,) * (q.dim() - 1)))
+            scales[i] = s
     layers: list[nn.Module] = []
     for i, m in enumerate(sim):
         if compute and compute.get(i) == "int8" and act is not None:
-            layers.append(_FakeQuantLayer(m, act[i]))
+            layers.append(_FakeQuantLayer(m, act[i], scales[i], onnx_graph.quantized_output(spec, compute, i)))
         else:
             layers.append(m)
     return nn.Sequential(*layers).eval()
 
 
 class _FakeQuantLayer(nn.Module):
-    def __init__(self, layer: nn.Module, q: ActQuant) -> None:
+    def __init__(self, layer: nn.Module, q: ActQuant, w_scale: torch.Tensor, quantized_out: bool) -> None:
         super().__init__()
-        self.layer, self.q = layer, q
+        self.layer, self.q, self.quantized_out = layer, q, quantized_out
+        with torch.no_grad():  # the int32 bias, as the graph computes it (float32 ops, half to even)
+            bias_scale = torch.tensor(q.x_scale, dtype=torch.float32) * w_scale.float()  # (out,)
+            self.bias = torch.round(layer.bias.float() / bias_scale) * bias_scale
 
     @staticmethod
     def _fq(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
@@ -144,10 +159,10 @@ class _FakeQuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._fq(x, self.q.x_scale, self.q.x_zero_point)
         if isinstance(self.layer, nn.Conv2d):
-            y = nn.functional.conv2d(x, self.layer.weight, None, padding=self.layer.padding)
-            y = self._fq(y, self.q.y_scale, self.q.y_zero_point)
-            return y + self.layer.bias.view(1, -1, 1, 1)
-        return self.layer(x)
+            y = nn.functional.conv2d(x, self.layer.weight, self.bias, padding=self.layer.padding)  # (N, C, H, W)
+        else:
+            y = nn.functional.linear(x, self.layer.weight, self.bias)  # (N, out)
+        return self._fq(y, self.q.y_scale, self.q.y_zero_point) if self.quantized_out else y
 
 
 def check_parity(model: bytes, sim: nn.Sequential, x: np.ndarray, atol: float = 1e-3) -> float:

@@ -7,6 +7,13 @@ Schedule for an amount a in [0, 1] (docs/method.md):
    units of lowest importance are removed (at least `min_units` stay; w_g = 1 unless
    `group_weighting="macs"`). Units whose importance is exactly zero (dead units) are removed at
    any amount above zero.
+   Then the number of units a group keeps is rounded to the nearest multiple of `align` (default
+   8; halves round up), at least `align` and at most the group's size; a group smaller than that
+   keeps what step 1 gave it. Rounding down removes the least important units still kept,
+   rounding up restores the most important removed ones. The rounding is monotone in the kept
+   count, so the kept widths still never grow with the amount (the bisection relies on it).
+   Why: ONNX Runtime's kernels work in blocks of channels (NCHWc blocks of 8 on AVX2, int8 GEMM
+   panels of 4 to 16); measured on the pinned CNN, 42 kept channels ran 1.3x slower than 40.
 2. Unstructured: over the weights that remain in every layer after the stem, a single global
    threshold tau masks the fraction a of them with the lowest score after the allocation's
    normalization: "relative" (default) divides each score by the sum of its output row's scores,
@@ -38,6 +45,11 @@ class Schedule:
     drop_dead: bool = True  # remove units of zero importance at any positive amount
     allocation: str = "relative"  # unstructured sparsity over layers: "relative", "magnitude" or "uniform"
     group_weighting: str = "uniform"  # weight_g: "uniform" (all 1) or "macs" (sqrt of multiply-adds per unit, mean 1)
+    align: int = 8  # kept units per group rounded to a multiple of this (hardware-friendly widths); 1 = off
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.align, int) or self.align < 1:
+            raise MaskError(f"align must be an integer >= 1, got {self.align!r}")
 
     def group_weights(self, spec: nets.Spec) -> list[float]:
         gs = groups(spec)
@@ -48,6 +60,13 @@ class Schedule:
 
     def structured_fraction(self, amount: float, weight: float = 1.0) -> float:
         return min(self.structured_share * amount * weight, self.max_structured)
+
+    def aligned(self, kept: int, units: int) -> int:
+        """How many units a group of `units` keeps when step 1 kept `kept` (monotone in kept)."""
+        if self.align <= 1 or kept >= units or units <= self.align:
+            return kept
+        rounded = self.align * int(np.floor(kept / self.align + 0.5))
+        return max(min(rounded, units), self.align, self.min_units)
 
 
 def _macs_per_unit(spec: nets.Spec, g: Group) -> float:
@@ -106,6 +125,18 @@ def _weight_shape(layer: dict) -> tuple[int, ...]:
     return (layer["out"], layer["in"])
 
 
+def _align(k: np.ndarray, imp: np.ndarray, target: int) -> np.ndarray:
+    """Keep exactly `target` units: drop the least important kept ones, or restore the most
+    important removed ones."""
+    k = k.copy()
+    kept, removed = np.flatnonzero(k), np.flatnonzero(~k)
+    if target < len(kept):
+        k[kept[np.argsort(imp[kept], kind="stable")[: len(kept) - target]]] = False
+    elif target > len(kept):
+        k[removed[np.argsort(-imp[removed], kind="stable")[: target - len(kept)]]] = True
+    return k
+
+
 def _rows_cols(spec: nets.Spec, keep: dict[int, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """layer index -> (kept output rows, kept input columns), dense coordinates."""
     out = {}
@@ -139,7 +170,7 @@ def build(spec: nets.Spec, scores: Scores, amount: float, schedule: Schedule) ->
         k[order[:n_remove]] = False
         if k.sum() < schedule.min_units:
             k[order[::-1][: schedule.min_units]] = True
-        keep[g.producer] = k
+        keep[g.producer] = _align(k, imp, schedule.aligned(int(k.sum()), g.units))
     rc = _rows_cols(spec, keep)
     # Rank-matched scores over the region that stays, then one global threshold.
     matched: dict[int, np.ndarray] = {}

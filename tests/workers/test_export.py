@@ -39,11 +39,14 @@ def test_fp32_compute_onnx_runtime_matches_the_torch_simulation(tiny_cnn):
     np.testing.assert_allclose(stem, dense_stem, atol=1e-2, rtol=1e-2)
 
 
-def test_int8_compute_onnx_runtime_matches_the_torch_simulation(tiny_cnn):
+@pytest.mark.parametrize("pattern", ["int8 int8 int8 int8", "int8 int8 fp32 fp32", "fp32 int8 int8 fp32",
+                                     "int8 fp32 int8 int8"])
+def test_int8_compute_onnx_runtime_matches_the_torch_simulation(tiny_cnn, pattern):
     net, spec, calib = tiny_cnn
     p = _pruned(net, spec, calib, amount=0.3)
     compute, act = runtime_choice.choose_compute(p, calib, "int8")
     assert [compute[i] for i in nets.weighted_indices(spec)] == ["fp32", "int8", "int8", "int8", "int8"]
+    compute.update(zip(nets.weighted_indices(spec)[1:], pattern.split(), strict=True))
     x = inputs(spec, 256, seed=6)
     logits, _ = export.run(export.session(_onnx(p, compute, act)), x)
     with torch.no_grad():
@@ -51,6 +54,21 @@ def test_int8_compute_onnx_runtime_matches_the_torch_simulation(tiny_cnn):
     spread = float(want.std())
     assert float(np.abs(logits - want).max()) < 0.05 * spread + 1e-3
     assert (logits.argmax(1) == want.argmax(1)).mean() >= 0.98
+
+
+def test_int8_layers_pass_uint8_tensors_to_each_other_without_requantizing(tiny_cnn):
+    net, spec, calib = tiny_cnn
+    p = _pruned(net, spec, calib, amount=0.3)
+    compute, act = runtime_choice.choose_compute(p, calib, "int8")
+    ops = [n.op_type for n in onnx_graph.build_graph(p.spec, compute, act).graph.node
+           if not n.name.startswith("bias_")]  # the int32 bias nodes are folded at load
+    # One QuantizeLinear after the fp32 stem; the ReLUs after int8 layers are the uint8 clamp.
+    assert ops == ["Conv", "Relu", "MaxPool", "QuantizeLinear", "QLinearConv", "MaxPool", "QLinearConv",
+                   "Flatten", "QGemm", "QGemm"]
+    compute[9] = compute[11] = "fp32"  # an fp32 layer reads a float tensor: one DequantizeLinear
+    ops = [n.op_type for n in onnx_graph.build_graph(p.spec, compute, act).graph.node
+           if not n.name.startswith("bias_")]
+    assert ops[-5:] == ["Flatten", "DequantizeLinear", "Gemm", "Relu", "Gemm"]
 
 
 def test_weights_are_stored_int8_with_bit_packed_masks(tiny_cnn):

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from workers import importance, masks, nets, structure
+from workers import calibration, importance, masks, nets, structure
 from workers.errors import MaskError
+
+from .conftest import inputs, make_net
 
 
 @pytest.mark.parametrize("fixture", ["tiny_cnn", "tiny_mlp"])
@@ -66,3 +68,45 @@ def test_groups_of_the_pinned_cnn():
     assert [(g.producer, g.consumer, g.units, g.cols_per_unit) for g in gs] == [
         (3, 6, 64, 1), (6, 9, 64, 49), (9, 11, 128, 1)]
     assert nets.param_count(nets.pinned_spec()) == 458_570
+
+
+def _kept_widths(spec, scores, amount, schedule):
+    mask = masks.build(spec, scores, amount, schedule)
+    return {p: int(k.sum()) for p, k in mask.keep.items()}
+
+
+@pytest.mark.parametrize("align", [4, 8])
+def test_kept_widths_are_multiples_of_the_alignment_and_shrink_with_the_amount(align):
+    spec = nets.mlp_spec([40, 27, 3], input_shape=(1, 4, 4), stem_width=8)
+    groups = {g.producer: g.units for g in structure.groups(spec)}
+    net = make_net(spec, seed=2)
+    calib = calibration.from_stem_outputs(net, spec, calibration.stem_outputs(net, spec, inputs(spec, 128)))
+    scores = importance.score("energy", net, spec, calib)
+    schedule = masks.Schedule(structured_share=1.0, align=align)
+    seen = [_kept_widths(spec, scores, a, schedule) for a in np.linspace(0.0, 0.98, 15)]
+    for widths in seen:
+        for p, kept in widths.items():
+            assert kept % align == 0 or kept == groups[p], (p, kept)
+    for p in groups:  # the bisection relies on widths that never grow with the amount
+        assert [w[p] for w in seen] == sorted((w[p] for w in seen), reverse=True)
+    assert seen[-1] != seen[0]  # something is really removed
+    # align=1 switches the rounding off: then the same sweep gives widths the rounding would change.
+    plain = masks.Schedule(structured_share=1.0, align=1)
+    assert any(w % align for a in np.linspace(0.0, 0.98, 15) for w in _kept_widths(spec, scores, a, plain).values())
+
+
+def test_alignment_keeps_the_most_important_units(tiny_mlp):
+    net, spec, calib = tiny_mlp
+    scores = importance.score("energy", net, spec, calib)
+    schedule = masks.Schedule(structured_share=1.0, align=4)
+    mask = masks.build(spec, scores, 0.5, schedule)
+    for p, keep in mask.keep.items():
+        imp = scores.units[p]
+        if keep.all():
+            continue
+        assert imp[keep].min() >= imp[~keep].max()  # whatever the rounding, the best units stay
+
+
+def test_a_bad_alignment_is_rejected():
+    with pytest.raises(MaskError, match="align"):
+        masks.Schedule(align=0)
