@@ -52,6 +52,7 @@ class Policy:
                 "target_compression": self.target_compression,
                 "min_compression": self.min_compression, "criteria": list(self.criteria),
                 "recovery": self.recovery.name, "structured_share": self.schedule.structured_share,
+                "align": self.schedule.align,
                 "qsae_lambda": self.qsae.lam, "qsae_hidden_ratio": self.qsae.hidden_ratio,
                 "compute": self.compute}
 

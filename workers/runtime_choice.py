@@ -1,12 +1,16 @@
 """Per-layer compute choice, by measurement: int8 (QLinearConv / QGemm) or fp32 (weights
 dequantized at load), whichever runs the whole model faster in ONNX Runtime on this machine.
 
-Weights are stored int8 either way; only the compute differs. On AVX2 without VNNI, int8 pays
-off on large layers and loses on small pruned ones (DESIGN.md, measured facts), so the choice is
-measured, greedily one layer at a time, largest first (batch 64, one thread, interleaved
-medians), and cached per shape.
+Weights are stored int8 either way; only the compute differs. Which wins depends on the CPU
+(VNNI or not) and on the widths, so it is measured (batch 64, one thread, interleaved medians)
+and cached per shape: first every layer int8 against every layer fp32, then, from the faster of
+the two, each layer's mode flipped in turn, largest layer first, kept only on a clear win (5 %).
+Starting from whole chains matters: consecutive int8 layers hand uint8 tensors to each other
+(`workers.onnx_graph`), so one int8 layer alone pays a quantize and a dequantize that a chain
+pays once.
 The stem always computes in fp32: its output is what the sketches carry, and it must be the same
-in every version.
+in every version (measured on the pinned CNN, an int8 stem conv with one input channel was also
+1.8x slower at batch 64).
 """
 
 from __future__ import annotations
@@ -47,13 +51,18 @@ def choose_compute(p: Pruned, calib: Calibration, mode: str = "auto",
     key = repr(nets.spec_of(p.net, p.spec)["layers"])
     if key not in _CACHE:
         shape = tuple(p.spec["input_shape"])
-        compute = {**stem, **{i: "fp32" for i in layers}}
+
+        def faster(a: dict[int, str], b: dict[int, str]) -> tuple[dict[int, str], dict[str, float]]:
+            ms = compare_ms({"a": _model(p, a, act), "b": _model(p, b, act)}, batch, rounds=10,
+                            per_round=2, input_shape=shape)
+            return (b if ms["b"] < 0.95 * ms["a"] else a), ms
+
+        all_int8 = {**stem, **{i: "int8" for i in layers}}
+        all_fp32 = {**stem, **{i: "fp32" for i in layers}}
+        compute, ms = faster(all_fp32, all_int8)
+        log.info("all fp32 %.3f ms, all int8 %.3f ms (batch %d)", ms["a"], ms["b"], batch)
         for i in sorted(layers, key=lambda i: -_layer_macs(p.spec, i)):
-            trial = {**compute, i: "int8"}
-            ms = compare_ms({"current": _model(p, compute, act), "trial": _model(p, trial, act)},
-                            batch, rounds=10, per_round=2, input_shape=shape)
-            if ms["trial"] < 0.95 * ms["current"]:  # a clear win only
-                compute = trial
+            compute, _ = faster(compute, {**compute, i: "fp32" if compute[i] == "int8" else "int8"})
         _CACHE[key] = compute
         log.info("compute per layer: %s", compute)
     return dict(_CACHE[key]), act
