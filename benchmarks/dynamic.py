@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import BaseRuntime, base_checkpoint, parser, progress, setup, write_json
 from edge_agent.simulator import SimulationConfig, expand_profiles
@@ -30,11 +28,9 @@ from qsae_shared.data import preprocess
 from qsae_shared.distributions import DeviceProfile, DeviceStream
 from qsae_shared.sketch import SketchBuilder, parse_sketch
 from workers import export, nets
-from workers.demo import FULL, QUICK, FleetSession, _scaled_scenario
+from workers.demo import FULL, QUICK, FleetSession, _scaled_scenario, print_results
 from workers.policy import DEFAULT_POLICY, Policy
 from workers.retrain import MODEL_FILE, retrain
-
-ASSIGNMENT_ROUTE = "/api/v1/devices/{device_id}/assignment"
 
 
 def stream_images(scenario: dict[str, Any], devices: int, inferences: list[int]) -> list[tuple[np.ndarray, ...]]:
@@ -71,18 +67,6 @@ def initial_sketches(runtime: BaseRuntime, prof: DeviceProfile, size: int = 512)
     return sketches
 
 
-def not_modified_ratio(url: str, polls_changed: int) -> float | None:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = n304 = 0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "qsae_http_requests_total" and sample.labels.get("route") == ASSIGNMENT_ROUTE:
-                total += sample.value
-                n304 += sample.value if sample.labels.get("status") == "304" else 0
-    unchanged = total - polls_changed
-    return n304 / unchanged if unchanged > 0 else None
-
-
 def main() -> None:
     args = parser("dynamic", __doc__ or "").parse_args()
     setup(threads=1)
@@ -104,9 +88,9 @@ def main() -> None:
                           and versions[v].device_id is not None), default=0)
         reprunes = sum(1 for j in store.list_jobs(limit=10_000)
                        if j.kind == "retrain" and (j.result or {}).get("decision") == "deployed")
-        polls_changed = sum(len(d.versions) for d in report.devices)
-        nm_ratio = not_modified_ratio(fleet.url, polls_changed)
+        print_results(store, report, scenario, ck)
     seconds = time.perf_counter() - t0
+    nm_ratio = report.not_modified_ratio
     weights = {v: sum(c for d in report.devices for ph in d.phase_versions.values() for vv, c in ph.items()
                       if vv == v) for v in served}
     known = {v: w for v, w in weights.items() if v in versions and versions[v].compression_ratio}

@@ -66,6 +66,8 @@ class Agent:
         self.last_sync: float | None = None  # the last time a whole loop turn succeeded
         self._net_ready_at = 0.0  # no request before this time (backoff)
         self._next_poll = 0.0
+        self.polls_unchanged = 0  # assignment polls whose state had not changed since the last answer
+        self.polls_not_modified = 0  # ... of which the server answered 304 (P7: all of them)
         self._window_started = clock()
         self.updater.load_current()
 
@@ -155,6 +157,9 @@ class Agent:
         etag = self.assignment.etag if self.assignment else None
         assignment = self.client.get_assignment(self.device_id, etag, wait)
         self._next_poll = now + (0.0 if self.settings.long_poll_s else self.poll_interval_s)
+        if etag is not None and (assignment is None or assignment.etag == etag):
+            self.polls_unchanged += 1  # asked with the current ETag and nothing had changed
+            self.polls_not_modified += assignment is None
         if assignment is not None:
             self.assignment = assignment
             atomic_write_json(self.state_dir / ASSIGNMENT,

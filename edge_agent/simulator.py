@@ -133,6 +133,8 @@ class DeviceResult:
     phase_versions: dict[int, dict[str, int]] = field(default_factory=dict)  # phase -> version -> inferences
     outbox_left: int = 0
     outbox_dropped: int = 0
+    polls_unchanged: int = 0  # assignment polls with the current ETag while nothing had changed
+    polls_not_modified: int = 0  # ... answered 304
 
 
 class SimDevice:
@@ -209,6 +211,8 @@ class SimDevice:
             if outbox is not None:
                 self.result.outbox_left = len(outbox)
                 self.result.outbox_dropped = outbox.dropped
+            self.result.polls_unchanged = getattr(self.agent, "polls_unchanged", 0)
+            self.result.polls_not_modified = getattr(self.agent, "polls_not_modified", 0)
             return self.result
 
 
@@ -222,6 +226,8 @@ class SimulationReport:
     estimate_mae_pp: float | None  # mean |estimated - true| accuracy over eval windows, percentage points
     estimate_phase_mae_pp: float | None  # the same over whole (device, phase) pairs
     accuracy: float | None  # true accuracy over every inference of the fleet
+    not_modified_ratio: float | None = None  # share of unchanged assignment polls answered 304
+
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -366,7 +372,13 @@ def _run(sims: list[SimDevice], cfg: SimulationConfig, rounds: int, clock: SimCl
         simulated_seconds=clock.now - sim_start, inferences=total,
         estimate_mae_pp=_mae([(w.estimated_accuracy, w.true_accuracy) for w in windows]),
         estimate_phase_mae_pp=_mae(phase_pairs),
-        accuracy=sum(d.correct for d in results) / total if total else None)
+        accuracy=sum(d.correct for d in results) / total if total else None,
+        not_modified_ratio=_ratio(sum(d.polls_not_modified for d in results),
+                                  sum(d.polls_unchanged for d in results)))
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
 
 
 class OfflineAgent:

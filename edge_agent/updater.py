@@ -6,7 +6,9 @@ evaluates it against the serving model on recent inputs kept on the device (agre
 the manifest's floor); switches the `current` pointer atomically, keeping the last known good
 version; then watches the new version for `rollback_window` inferences and rolls back to the
 last known good one if its accuracy (labelled where feedback arrives, estimated otherwise) fell
-by more than the manifest's `rollback_accuracy_drop_pp`. Every transition becomes an event.
+by more than the manifest's `rollback_accuracy_drop_pp`: judged with both versions on the same
+recent inputs where the previous one still loads, so that data drifting during probation is not
+blamed on the version. Every transition becomes an event.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ import numpy as np
 from edge_agent.backoff import Backoff
 from edge_agent.client import Assignment, FleetClient
 from edge_agent.errors import InstallError, NotEnrolledError, RejectedError, RetryableError
-from edge_agent.model import LoadedModel
+from edge_agent.model import LoadedModel, softmax
 from edge_agent.runtime import Runtime
 from edge_agent.state import load_credentials, save_credentials
 from edge_agent.store import Blocked, ModelStore, Pointer
@@ -41,9 +43,23 @@ logger = logging.getLogger(__name__)
 MIN_LABELS = 50  # labels needed, on each side, before labelled accuracy decides a rollback
 LABEL_WAIT_FACTOR = 10  # judge without labels after this many rollback windows
 Z_ONE_SIDED_95 = 1.645  # a labelled drop must exceed the floor by this many standard errors
+MIN_PAIRED_INPUTS = 64  # recent inputs needed to compare two versions on the same data
 
 EventSink = Callable[[str, "str | None", str], None]  # (kind, version_id, reason)
 FlushSink = Callable[[tuple[WindowSummary | None, SketchBuilder | None]], None]  # what Runtime.swap returns
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """The version on probation and the one before it, run on the same recent inputs."""
+
+    inputs: int
+    agreement: float  # share of inputs where both predict the same class
+    estimated_current: float  # label-free estimates, each version with its own profile
+    estimated_previous: float
+    labelled: int  # inputs whose label came back while still held
+    labelled_current: float
+    labelled_previous: float
 
 
 def manifest_digest(doc: dict[str, Any]) -> str:
@@ -214,7 +230,10 @@ class Updater:
         agreement = float((cur == new).mean())
         labelled = y >= 0
         detail = f"agreement {agreement:.3f} with {current.version} on {len(x)} recent inputs"
-        if agreement < floors.shadow_agreement_min:
+        # The base model is what every version is pruned from and judged against: disagreeing with
+        # a version built for data the device no longer sees is no reason to refuse it.
+        is_reference = bool(candidate.manifest.method.get("reference"))
+        if agreement < floors.shadow_agreement_min and not is_reference:
             self.store.prune(self._keep())
             raise InstallError(f"shadow evaluation: {detail}, below the floor "
                                       f"{floors.shadow_agreement_min:.3f}", final=True)
@@ -269,15 +288,29 @@ class Updater:
             return
         floor = float(prob["drop_pp"]) / 100
         reasons = []
+        paired = self._paired(str(prob["previous"]))
         est, base_est = stats.estimated, prob.get("baseline_estimated")
-        if est is not None and base_est is not None and base_est - est > floor:
+        if paired is not None:  # both versions on the same recent inputs: drift cannot pose as regression
+            if paired.estimated_previous - paired.estimated_current > floor:
+                reasons.append(f"estimated accuracy {paired.estimated_current:.3f} vs "
+                               f"{paired.estimated_previous:.3f} of {prob['previous']} on the same "
+                               f"{paired.inputs} recent inputs")
+        elif est is not None and base_est is not None and base_est - est > floor:
             reasons.append(f"estimated accuracy {est:.3f} vs {base_est:.3f} before the swap")
         acc, n = stats.labelled
         base_acc, base_n = prob.get("baseline_labelled"), int(prob.get("baseline_labels") or 0)
         labels_expected = base_n >= MIN_LABELS
-        if acc is not None and base_acc is not None and n >= MIN_LABELS and labels_expected:
+        if paired is not None and paired.labelled >= MIN_LABELS:
+            if paired.labelled_previous - paired.labelled_current > floor:
+                reasons.append(f"labelled accuracy {paired.labelled_current:.3f} vs "
+                               f"{paired.labelled_previous:.3f} of {prob['previous']} on the same "
+                               f"{paired.labelled} labelled inputs")
+        elif acc is not None and base_acc is not None and n >= MIN_LABELS and labels_expected:
             se = math.sqrt(base_acc * (1 - base_acc) / base_n + acc * (1 - acc) / n)
-            if base_acc - acc > floor + Z_ONE_SIDED_95 * se:
+            # Two versions that agree on all but `floor` of the recent inputs cannot differ in
+            # accuracy by more than that: a larger drop came with the data, not with the version.
+            explained = paired is not None and 1 - paired.agreement <= floor
+            if base_acc - acc > floor + Z_ONE_SIDED_95 * se and not explained:
                 reasons.append(f"labelled accuracy {acc:.3f} on {n} labels vs {base_acc:.3f} on {base_n} "
                                "before the swap")
         if reasons:
@@ -291,6 +324,29 @@ class Updater:
         self.store.prune(self._keep())
         logger.info("device_id=%s model_version=%s passed probation (estimated %s, labelled %s on %d)",
                     self.device_id, p.current, est, acc, n)
+
+    def _paired(self, previous: str) -> PairedComparison | None:
+        """The serving and the previous version on the same recent inputs (None when the previous
+        version cannot be loaded or too few inputs are held)."""
+        current = self.runtime.model
+        x, y = self.runtime.recent()
+        if current is None or len(x) < MIN_PAIRED_INPUTS:
+            return None
+        try:
+            old = self._load(previous)
+        except (InstallError, ArtifactError, WireFormatError, OSError, KeyError) as exc:
+            logger.info("device_id=%s probation without the previous version %s: %s", self.device_id, previous, exc)
+            return None
+        p_new, p_old = softmax(current.run(x).logits), softmax(old.run(x).logits)
+        labelled = y >= 0
+        right_new, right_old = p_new.argmax(1) == y, p_old.argmax(1) == y
+        return PairedComparison(
+            inputs=len(x), agreement=float((p_new.argmax(1) == p_old.argmax(1)).mean()),
+            estimated_current=float(current.estimator.estimate(p_new.max(1)) or 0.0),
+            estimated_previous=float(old.estimator.estimate(p_old.max(1)) or 0.0),
+            labelled=int(labelled.sum()),
+            labelled_current=float(right_new[labelled].mean()) if labelled.any() else 0.0,
+            labelled_previous=float(right_old[labelled].mean()) if labelled.any() else 0.0)
 
     def rollback(self, reason: str) -> bool:
         """Go back to the last known good version; False when there is none to go back to."""

@@ -186,7 +186,7 @@ def run_demo(quick: bool = False) -> None:
 
             report = fleet.simulate(scenario, plan.devices, plan.seconds_per_round, on_round)
         console.print("4/4 results")
-        _print_results(store, report, scenario, ck)
+        print_results(store, report, scenario, ck)
         console.print(f"\nfleet accuracy {100 * (report.accuracy or 0):.2f} %, label-free estimate MAE "
                       f"{report.estimate_mae_pp or float('nan'):.2f} pp; demo took "
                       f"{time.monotonic() - t_start:.0f} s")
@@ -223,7 +223,7 @@ def _wait_for_job(store: Any, job_id: int, timeout_s: float = 900) -> str:
     raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
 
 
-def _print_results(store: Any, report: Any, scenario: dict[str, Any], ck: Any) -> None:
+def print_results(store: Any, report: Any, scenario: dict[str, Any], ck: Any) -> None:
     from qsae_shared.distributions import profiles_from_scenario
 
     phase_names = {p.device_id: [ph.describe() for ph in p.phases] for p in profiles_from_scenario(scenario)}

@@ -2,10 +2,12 @@
 
 - Histogram bin edges of the stem's output (fixed per base model, so sketches of every version
   merge and drift is measured over the same bins).
-- The confidence profile of a version: its accuracy per output-confidence bin on labelled
-  held-out *training* images (the last `TrainConfig.validation_images`, never trained on; half
-  clean, half through the augmentation's corruption family), which the agent uses to turn the
-  confidence histogram of unlabelled traffic into an accuracy estimate.
+- The confidence profile of a version: its accuracy per output-confidence bin, which the agent
+  uses to turn the confidence histogram of unlabelled traffic into an accuracy estimate. For the
+  base it is measured on labelled held-out *training* images (the last
+  `TrainConfig.validation_images`, never trained on; half clean, half through the augmentation's
+  corruption family); for a device's version, label-free on the device's calibration set (see
+  `confidence_profile`).
 """
 
 from __future__ import annotations
@@ -58,23 +60,66 @@ def base_profile(ck: Checkpoint) -> BaseProfile:
     return prof
 
 
-def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Tensor) -> ConfidenceProfile:
-    """Accuracy per confidence bin (validation), and the share per bin on the calibration set."""
+MIN_BIN_SAMPLES = 10  # fewer samples than this in a bin: its accuracy is not measured there
+
+
+def _per_bin_accuracy(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) accuracy per confidence bin (the bin's mid-point where too few samples) and (B,) counts."""
+    bins = np.clip((conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
+    counts = np.bincount(bins, minlength=CONFIDENCE_BINS)
+    sums = np.bincount(bins, weights=correct.astype(np.float64), minlength=CONFIDENCE_BINS)
+    mid = (edges[:-1] + edges[1:]) / 2  # a calibrated model's accuracy
+    return np.where(counts >= MIN_BIN_SAMPLES, sums / np.maximum(counts, 1), mid), counts
+
+
+def _pooled_accuracy(conf: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """(B,) mean expected correctness per confidence bin; a sparse bin pools its neighbours, widening
+    symmetrically until it holds MIN_BIN_SAMPLES samples."""
+    bins = np.clip((conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
+    counts = np.bincount(bins, minlength=CONFIDENCE_BINS)
+    sums = np.bincount(bins, weights=expected, minlength=CONFIDENCE_BINS)
+    out = np.empty(CONFIDENCE_BINS)
+    for b in range(CONFIDENCE_BINS):
+        for k in range(CONFIDENCE_BINS):
+            lo, hi = max(0, b - k), min(CONFIDENCE_BINS, b + k + 1)
+            if counts[lo:hi].sum() >= MIN_BIN_SAMPLES or (lo == 0 and hi == CONFIDENCE_BINS):
+                break
+        out[b] = sums[lo:hi].sum() / max(counts[lo:hi].sum(), 1)
+    return out
+
+
+def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Tensor,
+                       reference: nn.Module | None = None) -> ConfidenceProfile:
+    """Accuracy per confidence bin, and the share per bin on the calibration set.
+
+    Without `reference` (the base model) the accuracy per bin is measured on the labelled
+    validation images. A version pruned for one device is judged on that device's data instead,
+    still without a label: on each calibration sample its expected correctness is the reference's
+    validated accuracy at the reference's confidence where the two agree, and the validated rate
+    at which it is right against a wrong reference where they do not. (A footwear-only version is
+    confidently wrong on the validation set's shirts, which says nothing about its footwear.)
+    """
     edges = np.linspace(0.0, 1.0, CONFIDENCE_BINS + 1)
     with torch.no_grad():
         probs = torch.softmax(head(prof.val_stem), 1).numpy()  # (V, K)
         cal_probs = torch.softmax(head(calib_stem), 1).numpy()  # (N, K)
-    conf, pred = probs.max(1), probs.argmax(1)
-    bins = np.clip((conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
-    correct = pred == prof.val_labels
-    acc = []
-    for b in range(CONFIDENCE_BINS):
-        sel = bins == b
-        # Too few samples: fall back to the bin's confidence (a calibrated model's accuracy).
-        acc.append(float(correct[sel].mean()) if sel.sum() >= 10 else float((edges[b] + edges[b + 1]) / 2))
-    cal_bins = np.clip((cal_probs.max(1) * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
+    acc, _ = _per_bin_accuracy(probs.max(1), probs.argmax(1) == prof.val_labels, edges)
+    cal_conf, cal_pred = cal_probs.max(1), cal_probs.argmax(1)
+    if reference is not None and len(cal_conf):
+        with torch.no_grad():
+            ref_val = torch.softmax(reference(prof.val_stem), 1).numpy()  # (V, K)
+            ref_cal = torch.softmax(reference(calib_stem), 1).numpy()  # (N, K)
+        ref_right = ref_val.argmax(1) == prof.val_labels
+        ref_acc, _ = _per_bin_accuracy(ref_val.max(1), ref_right, edges)
+        against_wrong = (probs.argmax(1) != ref_val.argmax(1)) & ~ref_right
+        right_against_wrong = (float((probs.argmax(1) == prof.val_labels)[against_wrong].mean())
+                               if against_wrong.any() else 0.0)
+        p_ref = ref_acc[np.clip((ref_cal.max(1) * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)]
+        expected = np.where(cal_pred == ref_cal.argmax(1), p_ref, (1 - p_ref) * right_against_wrong)  # (N,)
+        acc = _pooled_accuracy(cal_conf, expected)
+    cal_bins = np.clip((cal_conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
     share = np.bincount(cal_bins, minlength=CONFIDENCE_BINS) / max(len(cal_bins), 1)
-    return ConfidenceProfile(bin_edges=[float(e) for e in edges], accuracy=acc,
+    return ConfidenceProfile(bin_edges=[float(e) for e in edges], accuracy=[float(a) for a in acc],
                              reference_hist=[float(s) for s in share])
 
 

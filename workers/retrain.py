@@ -151,7 +151,9 @@ class Pruner:
 
 
 def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, policy: Policy,
-             device_id: str | None, signing_key: SigningKey | None, extra: dict) -> tuple[Manifest, dict[str, bytes], dict[str, float]]:
+             device_id: str | None, signing_key: SigningKey | None, extra: dict,
+             pruned: bool = True) -> tuple[Manifest, dict[str, bytes], dict[str, float]]:
+    """pruned: False for the dense base, whose confidence profile is measured on labelled images."""
     p = chosen.pruned
     compute = {i: "fp32" for i in nets.weighted_indices(p.spec)}
     act = None
@@ -179,7 +181,8 @@ def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, polic
         preprocessing=preprocessing_spec(), input_name=onnx_graph.INPUT,
         output_name=onnx_graph.LOGITS, stem_output_name=onnx_graph.STEM,
         stem_shape=profile.stem_shape(ck.spec), hist_edges=prof.hist_edges.tolist(),
-        confidence_profile=profile.confidence_profile(sim[ck.spec["stem_end"]:], prof, calib.stem_out),
+        confidence_profile=profile.confidence_profile(sim[ck.spec["stem_end"]:], prof, calib.stem_out,
+                                                      nets.head(ck.network(), ck.spec) if pruned else None),
         floors=PolicyFloors(), method=method, metrics=metrics,
         files=[FileEntry(MODEL_FILE, artifact.MODEL_ROLE, len(blob), sha)])
     if signing_key is not None:
@@ -246,7 +249,7 @@ def export_base(ck: Checkpoint, signing_key: SigningKey | None = None,
     judge = search.Judge(ck.spec, calib, dense_policy)
     cand = judge(dense_pruned(ck), "int8", 0.0, "none", t0)
     manifest, files, metrics = _package(ck, cand, calib, dense_policy, None, signing_key,
-                                        {"calibration": calib.source})
+                                        {"calibration": calib.source, "reference": True}, pruned=False)
     return RetrainResult(manifest, files, metrics, [cand.summary()], cand, True,
                          time.perf_counter() - t0)
 

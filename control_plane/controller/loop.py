@@ -19,6 +19,7 @@ import numpy as np
 from control_plane.controller.rollouts import Action, Outcomes, rollout_action
 from control_plane.controller.triggers import (
     AccuracyWindow,
+    Decision,
     DeviceState,
     TriggerPolicy,
     decide,
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_KEY = "controller:lock"
 FAILED_KINDS = ("rejected", "rolled_back", "failed")
+FALLBACK_REASONS = ("drift", "labelled accuracy", "estimated accuracy")  # triggers that also mean "fall back now"
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Controller:
     def __init__(self, store: FleetStore, config: ControllerConfig | None = None) -> None:
         self.store = store
         self.config = config or ControllerConfig()
+        self._references: dict[tuple[str, str], str] = {}  # (base model, base version) -> version id
 
     def run(self, stop: threading.Event) -> None:
         logger.info("controller: one pass every %.0f s", self.config.tick_s)
@@ -165,6 +168,8 @@ class Controller:
         decision = decide(state, tp)
         if decision.drift is not None:
             self.store.record_drift(device.id, decision.drift)
+        if deployed_at is not None and policy.extra.get("fallback_on_drift", True):
+            self._fall_back(device, base_version, decision)
         if not decision.enqueue:
             if decision.reasons and decision.blocked:
                 logger.debug("device %s: %s (%s)", device.id, "; ".join(decision.reasons), decision.blocked,
@@ -179,6 +184,32 @@ class Controller:
                         extra={"device_id": device.id, "job_id": job.id})
             return decision.reasons
         return []
+
+    def _fall_back(self, device: DevicePublic, base_version: str, decision: Decision) -> None:
+        """A version pruned for data the device no longer sees can be far worse than the base model:
+        on drift or an accuracy drop, the base version serves until the re-prune lands."""
+        why = [r for r in decision.reasons if r.startswith(FALLBACK_REASONS)]
+        if not why or device.desired_version != device.deployed_version:
+            return
+        reference = self._reference_version(device.base_model, base_version)
+        if reference is None or reference == device.deployed_version:
+            return
+        self.store.set_desired_version(device.id, reference,
+                                       reason=f"{'; '.join(why)}: the base version serves until the re-prune lands",
+                                       actor="system:controller")
+        logger.info("device %s: back to the base version %s while it is re-pruned (%s)", device.id, reference,
+                    "; ".join(why), extra={"device_id": device.id})
+
+    def _reference_version(self, base_model: str, base_version: str) -> str | None:
+        """The registered dense int8 version of a base model (what every version is pruned from)."""
+        key = (base_model, base_version)
+        if key not in self._references:
+            for v in self.store.list_versions(base_model=base_model, status="approved", limit=1000):
+                if (v.device_id is None and v.base_version == base_version
+                        and self.store.version_manifest(v.id).method.get("reference")):
+                    self._references[key] = v.id
+                    break
+        return self._references.get(key)
 
     def _refused(self, device_id: str, job: JobPublic | None) -> bool:
         """Whether the device refused (or rolled back) the version the last job made."""

@@ -29,13 +29,15 @@ class ModelKit:
         return materialize(manifest, self.files_dir(manifest), self.folder / "runtime")
 
 
-def _exported(ck, key, version_id):
-    """The real exporter's artifact and manifest (workers.retrain.export_base), renamed and signed."""
+def _exported(ck, key, version_id, reference=True):
+    """The real exporter's artifact and manifest (workers.retrain.export_base), renamed and signed;
+    reference=False makes it an ordinary version instead of the base model's reference."""
     from workers.retrain import export_base
 
     result = export_base(ck)
     (data,) = result.files.values()
-    return key.sign_manifest(replace(result.manifest, version_id=version_id)), data
+    method = {**result.manifest.method, "reference": reference}
+    return key.sign_manifest(replace(result.manifest, version_id=version_id, method=method)), data
 
 
 def _rotated_classes(ck):
@@ -57,7 +59,7 @@ def kit(tmp_path_factory) -> ModelKit:
     key = SigningKey.generate()
     ck = tiny_checkpoint()
     good, good_bytes = _exported(ck, key, "v-good")
-    bad, bad_bytes = _exported(_rotated_classes(ck), key, "v-bad")
+    bad, bad_bytes = _exported(_rotated_classes(ck), key, "v-bad", reference=False)
     folder = tmp_path_factory.mktemp("models")
     for m, data in ((good, good_bytes), (bad, bad_bytes)):
         (folder / m.version_id).mkdir()

@@ -214,6 +214,20 @@ def test_bad_versions_are_rejected_while_the_old_model_serves(tmp_path, kit, ima
     assert manifest.version_id not in agent.status()["installed"]
 
 
+def test_the_base_model_is_installed_even_when_the_serving_version_disagrees_with_it(tmp_path, kit, images):
+    server = FakeServer()
+    serve_version(server, kit.bad, kit.bad_bytes)  # a version built for data the device no longer sees
+    clock = Clock()
+    agent = make_agent(tmp_path, server, kit, clock)
+    agent.tick()
+    agent.predict(images[0][:300])
+    serve_version(server, kit.good, kit.good_bytes)  # the base model: the reference every version is judged by
+    clock.t += 6
+    agent.tick()
+    assert agent.runtime.version == "v-good"
+    assert "rejected" not in server.event_kinds("v-good")
+
+
 def test_shadow_evaluation_refuses_a_model_that_disagrees(tmp_path, kit, images):
     server = FakeServer()
     serve_version(server, kit.good, kit.good_bytes)
@@ -287,6 +301,28 @@ def test_a_model_that_passes_probation_becomes_last_known_good(tmp_path, kit, im
     status = agent.status()
     assert status["current"] == status["last_known_good"] == "v-good-2" and status["probation"] is None
     assert status["installed"] == ["v-good-2"]
+
+
+def test_data_that_changes_during_probation_is_not_blamed_on_the_new_version(tmp_path, kit, images):
+    server = FakeServer()
+    serve_version(server, kit.good, kit.good_bytes)
+    clock = Clock()
+    agent = make_agent(tmp_path, server, kit, clock)
+    agent.tick()
+    x, y = images
+    p = agent.predict(x[:400])
+    agent.feedback(p.ids, y[:400])  # the baseline: labelled accuracy of v-good on the old data
+    same = kit.key.sign_manifest(replace(kit.good, version_id="v-good-2", floors=PolicyFloors(rollback_window=200)))
+    serve_version(server, same, kit.good_bytes)
+    clock.t += 6
+    agent.tick()
+    assert agent.status()["probation"]["version"] == "v-good-2"
+    p = agent.predict(x[400:700])
+    agent.feedback(p.ids, np.roll(y[400:700], 1))  # the world changed: the old answers are now wrong
+    agent.tick()
+    status = agent.status()
+    assert status["current"] == status["last_known_good"] == "v-good-2", status
+    assert "rolled_back" not in server.event_kinds("v-good-2")
 
 
 def test_events_and_records_are_json_scalars_only(tmp_path, kit, images):

@@ -40,6 +40,8 @@ def test_simulated_fleet_against_the_control_plane(live, kit, tmp_path):
     assert all(d.versions == [version] and d.outbox_left == 0 for d in report.devices)
     assert all(d.labels_fed > 100 for d in report.devices)  # label_rate 0.5 of 400, minus the last delay
     assert report.accuracy > 0.5 and report.estimate_mae_pp is not None
+    # nothing changed after the first answer: every later poll carried the ETag and got a 304
+    assert all(d.polls_unchanged > 0 for d in report.devices) and report.not_modified_ratio == 1.0
     for d in report.devices:
         rows = live.telemetry(d.device_id)
         assert sum(r.inference_count for r in rows) == 400

@@ -178,9 +178,17 @@ def test_drift_triggers_a_retrain_that_is_registered_and_installed(fleet):
         sim.step()
         clock.now += 1.0
     phase_change = time.time()
-    # Phase 2: the class mix changes; only sketches and telemetry tell the controller.
-    assert run_until(sims, clock, lambda: deployed_pruned(store, device_id, exclude={first}), 300), \
+    # Phase 2: the class mix changes; only sketches and telemetry tell the controller. The stale
+    # version is replaced by the base model at once, and the base by the device's next version.
+    assigned = set()
+
+    def second_version_installed():
+        assigned.add(store.get_device(device_id).desired_version)
+        return deployed_pruned(store, device_id, exclude={first})
+
+    assert run_until(sims, clock, second_version_installed, 300), \
         [(j.id, j.status, j.trigger_reason, j.result, j.error) for j in store.list_jobs(device_id=device_id)]
+    assert fleet["base"] in assigned
     second = store.get_version(deployed_pruned(store, device_id))
     job = store.get_job(second.job_id)
     # Enqueued after the class mix changed, for a reason the controller saw in the device's data:
