@@ -1,18 +1,26 @@
 """Inference latency in ONNX Runtime: the dense fp32 network against pruned int8 artifacts.
 
-    python -m benchmarks.latency [--quick] [--json PATH] [--mlflow URI]
+    python -m benchmarks.latency [--quick] [--json PATH] [--mlflow URI] [--profile]
 
 Variants: `dense_fp32` (the reference), `dense_int8` (the base artifact: int8 weights, compute
 chosen per layer), `default_artifact` (what the default policy ships for scenario `full`, calibrated
 through sketches), and `default_artifact_fp32` (the same artifact with fp32 compute everywhere).
 Batch 1 and 64, 1 and 2 threads; every configuration is measured interleaved with the others,
-round by round after a warm-up, and reported as the median.
+round by round after a warm-up, and reported as the median. `--profile` also prints (and writes
+to the JSON) ONNX Runtime's per-operator times of `dense_fp32` and `default_artifact` at batch 64,
+one thread, after its graph optimizations (so fused and layout-changed operators show as such).
 """
 
 from __future__ import annotations
 
+import collections
+import json
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import torch
 
 from benchmarks import common
@@ -28,8 +36,34 @@ COLUMNS = [("variant", "{}"), ("batch", "{}"), ("threads", "{}"), ("median_ms", 
            ("speedup", "{:.2f}x"), ("compression_ratio", "{:.1f}"), ("drop_pp", "{:+.2f}")]
 
 
+def op_profile(model: bytes, batch: int = 64, runs: int = 200) -> list[dict]:
+    """Median microseconds per operator over `runs` runs (first quarter dropped as warm-up),
+    one thread, all graph optimizations, slowest first."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).normal(size=(batch, 1, 28, 28)).astype(np.float32)
+        for _ in range(runs):
+            sess.run(None, {sess.get_inputs()[0].name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per[(e["args"].get("op_name", "?"), e["name"].removesuffix("_kernel_time"))].append(e["dur"])
+    rows = [{"op": op, "node": node, "median_us": float(np.median(v[len(v) // 4:]))}
+            for (op, node), v in per.items()]
+    return sorted(rows, key=lambda r: -r["median_us"])
+
+
 def main() -> None:
-    args = common.parser(NAME, __doc__.splitlines()[0]).parse_args()
+    p = common.parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--profile", action="store_true", help="also print per-operator times at batch 64")
+    args = p.parse_args()
     common.setup(args.threads)
     t0 = time.perf_counter()
     ck = common.base_checkpoint()
@@ -77,11 +111,19 @@ def main() -> None:
                        **info[name]}
                 rows.append(row)
                 table.row(row)
+    profiles = {}
+    if args.profile:
+        for name in ("dense_fp32", "default_artifact"):
+            common.progress(f"per-operator profile of {name}, batch 64, 1 thread")
+            profiles[name] = op_profile(variants[name][0], runs=50 if args.quick else 200)
+            for r in profiles[name]:
+                print(f"  {name:>16}  {r['op']:>18}  {r['node']:>32}  {r['median_us']:8.1f} us", flush=True)
+            print(f"  {name:>16}  {'sum':>18}  {'':>32}  {sum(r['median_us'] for r in profiles[name]):8.1f} us")
     compute = result.manifest.method.get("compute", {})
     common.write_json(args.json, NAME, rows, quick=args.quick, default_policy=DEFAULT_POLICY.describe(),
                       default_widths=result.manifest.method.get("widths"), default_compute=compute,
                       default_kl=result.metrics["kl"], dense_accuracy=dense_acc, parity=parity,
-                      seconds=time.perf_counter() - t0)
+                      op_profile_batch64=profiles or None, seconds=time.perf_counter() - t0)
     common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, params=("model", "variant", "batch", "threads"),
                       metrics=("median_ms", "speedup", "compression_ratio", "drop_pp"))
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
