@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from workers import nets
+from workers.errors import ExportError
 
 INPUT, LOGITS, STEM = "input", "logits", "stem"
 OPSET = 17
@@ -72,6 +73,10 @@ def build_graph(spec: nets.Spec, compute: dict[int, str] | None = None,
     """The model with every weight and bias left out (they come from the artifact)."""
     compute = compute or {}
     act = act or {}
+    int8_stem = [i for i, c in compute.items() if c == "int8" and i < spec["stem_end"]]
+    if int8_stem:
+        raise ExportError(f"stem layers {int8_stem} must compute in fp32 (the stem output is float "
+                          "and the same in every version)")
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     shapes = nets.shape_trace(spec)

@@ -9,6 +9,7 @@ from qsae_shared import artifact
 from qsae_shared.errors import ArtifactError
 from qsae_shared.manifest import FileEntry, Manifest
 from workers import export, importance, masks, nets, onnx_graph, runtime_choice
+from workers.errors import ExportError
 from workers.policy import Policy
 from workers.recovery import RecoveryConfig, recover
 
@@ -125,3 +126,11 @@ def test_auto_compute_picks_a_mode_per_layer_and_keeps_the_stem_fp32(tiny_cnn):
     assert compute[0] == "fp32"
     assert set(compute.values()) <= {"fp32", "int8"}
     assert sorted(compute) == nets.weighted_indices(spec)
+
+
+def test_an_int8_stem_is_refused(tiny_cnn):
+    net, spec, calib = tiny_cnn
+    p = _pruned(net, spec, calib)
+    compute, act = runtime_choice.choose_compute(p, calib, "int8")
+    with pytest.raises(ExportError, match="stem layers"):
+        onnx_graph.build_graph(p.spec, {**compute, 0: "int8"}, act)
