@@ -28,9 +28,14 @@ from qsae_shared.data import preprocess
 from qsae_shared.distributions import DeviceProfile, DeviceStream
 from qsae_shared.sketch import SketchBuilder, parse_sketch
 from workers import export, nets
-from workers.demo import FULL, QUICK, FleetSession, _scaled_scenario, print_results
+from workers.demo import DemoPlan, FleetSession, _scaled_scenario, print_results
 from workers.policy import DEFAULT_POLICY, Policy
 from workers.retrain import MODEL_FILE, retrain
+
+# The demo's fleet, with phases long against a retrain (tens of seconds here), as a device's data
+# would be: the lag until a device runs a model pruned for its new data still counts.
+FULL = DemoPlan(devices=6, phase_scale=3.0, seconds_per_round=0.5, quick_base=False)
+QUICK = DemoPlan(devices=3, phase_scale=1.6, seconds_per_round=0.4, quick_base=False)
 
 
 def stream_images(scenario: dict[str, Any], devices: int, inferences: list[int]) -> list[tuple[np.ndarray, ...]]:

@@ -53,6 +53,7 @@ class SimulationConfig:
     telemetry_interval_s: float = 60.0  # simulated seconds per telemetry window
     sketch_interval_s: float = 300.0  # simulated seconds between sketches
     sketch_min_inferences: int = 256  # inferences a sketch covers at least
+    poll_interval_s: float = 10.0  # simulated seconds between assignment polls (unchanged: a 304)
     eval_window: int = 1000  # inferences per window of the estimate-vs-truth comparison
     threads: int = 4  # worker threads stepping the agents
     base_model: str = "fmnist-cnn"  # base model of devices the simulator creates
@@ -295,7 +296,7 @@ def build_agents(profiles: list[DeviceProfile], cfg: SimulationConfig, server_ur
                                  sketch_min_inferences=cfg.sketch_min_inferences,
                                  sketch_in_background=False,  # the simulator's threads already overlap
                                  backoff_base_s=min(5.0, cfg.seconds_per_batch * 2),
-                                 poll_interval_s=max(cfg.seconds_per_batch * 10, 10.0))
+                                 poll_interval_s=cfg.poll_interval_s)
         if not (folder / CREDENTIALS).exists():
             if operator_key is None:
                 raise ConfigError(f"{folder} holds no credentials: pass an operator API key so the simulator "

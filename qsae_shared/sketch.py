@@ -377,6 +377,11 @@ def histogram_drift(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.clip(js, 0.0, 1.0).mean())
 
 
+def without_samples(s: Sketch) -> Sketch:
+    """The sketch minus its reservoir: what drift and window selection read, at a few KB."""
+    return replace(s, samples=np.empty((s.num_samples, 0, 0, 0), np.int8))
+
+
 def select_recent(sketches: list[Sketch], calibration_size: int, drift_threshold: float) -> list[Sketch]:
     """Newest first, the uploads that look like the newest one (histogram drift under the
     threshold), until they hold `calibration_size` samples: a retrain calibrates on the device's

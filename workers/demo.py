@@ -129,7 +129,7 @@ class FleetSession:
         self.tracker = Tracker(self.mlflow_uri, (STATE / "mlartifacts").resolve())
         self.stop = threading.Event()
         dispatcher = Dispatcher(self.store, self.tracker, DispatcherConfig(max_parallel=2), checkpoint=self.ck)
-        controller = Controller(self.store, ControllerConfig(tick_s=2.0, min_inferences=256,
+        controller = Controller(self.store, ControllerConfig(tick_s=1.0, min_inferences=256,
                                                              min_fresh_samples=self.settings.calibration_size,
                                                              debounce_s=10.0))
         self.threads = [threading.Thread(target=dispatcher.run, args=(self.stop,), name="dispatcher", daemon=True),

@@ -29,7 +29,7 @@ from workers.tracking import RunRecord, Tracker, alias_for_device
 
 logger = logging.getLogger(__name__)
 
-JOB_KINDS = ("retrain", "train_base")
+JOB_KINDS = ("retrain", "train_base", "promote")
 
 
 @dataclass
@@ -216,6 +216,9 @@ class Dispatcher:
 
     def _submit(self, job: JobPublic) -> None:
         started = time.monotonic()
+        if job.kind == "promote":  # no Ray task: one MLflow call
+            self._promote(job)
+            return
         if job.kind == "train_base":
             source = self._checkpoint if self._checkpoint is not None else str(self.models_dir)
             ref = self._train_base.remote(source)
@@ -251,6 +254,19 @@ class Dispatcher:
                    "window": (min(s.window_start for s in chosen), max(s.window_end for s in chosen))}
         self.inflight[ref] = _Inflight(job, ref, started, context, started)
         self.store.update_job_progress(job.id, 0.1, f"pruning from {len(blobs)} sketches")
+
+    def _promote(self, job: JobPublic) -> None:
+        """A completed rollout's version becomes the registered model's `champion`."""
+        version_id = job.idempotency_key.split(":", 2)[2]
+        v = self.store.get_version(version_id)
+        if v.mlflow_name is None or v.mlflow_version is None:
+            self.store.fail_job(job.id, f"version {version_id} is not registered in MLflow", retry=False)
+            return
+        self.tracker.set_alias(v.mlflow_name, "champion", v.mlflow_version)
+        self.store.complete_job(job.id, version_id=v.id, result={"alias": "champion",
+                                                                "mlflow_version": v.mlflow_version})
+        logger.info("job %s: %s v%s is the champion (%s)", job.id, v.mlflow_name, v.mlflow_version,
+                    job.trigger_reason)
 
     # --- finish ------------------------------------------------------------------------------
     def _finish(self, f: _Inflight) -> None:

@@ -28,12 +28,13 @@ from control_plane.controller.triggers import (
 from control_plane.schemas import DevicePublic, JobPublic, PolicyPublic, RolloutPublic, TelemetryPublic
 from control_plane.services import FleetStore
 from control_plane.services import events as event_service
-from qsae_shared.sketch import parse_sketch, select_recent
+from qsae_shared.sketch import Sketch, parse_sketch, select_recent, without_samples
 
 logger = logging.getLogger(__name__)
 
 LOCK_KEY = "controller:lock"
 FAILED_KINDS = ("rejected", "rolled_back", "failed")
+SKETCH_WINDOW = 20  # newest uploads per device the controller judges drift and freshness on
 FALLBACK_REASONS = ("drift", "labelled accuracy", "estimated accuracy")  # triggers that also mean "fall back now"
 
 
@@ -86,6 +87,8 @@ class Controller:
         self.store = store
         self.config = config or ControllerConfig()
         self._references: dict[tuple[str, str], str] = {}  # (base model, base version) -> version id
+        self._sketches: dict[tuple[str, str], list[Sketch]] = {}  # (device, base model) -> newest uploads
+        self._fell_back: dict[str, str] = {}  # device -> why it was sent back to the base version
 
     def run(self, stop: threading.Event) -> None:
         logger.info("controller: one pass every %.0f s", self.config.tick_s)
@@ -132,8 +135,7 @@ class Controller:
         jobs = self.store.list_jobs(device_id=device.id, limit=1)
         last_job = jobs[0] if jobs else None
         active = last_job is not None and last_job.status in ("queued", "running")
-        records = self.store.device_sketch_records(device.id, device.base_model, limit=20)
-        sketches = [parse_sketch(r.data) for r in records]
+        sketches = self._recent_sketches(device.id, device.base_model)
         fresh = select_recent(sketches, 10**9, tp.drift_threshold)
         fresh_samples = sum(s.num_samples for s in fresh)
         newest = max(sketches, key=lambda s: (s.window_end, s.seq)) if sketches else None
@@ -144,6 +146,8 @@ class Controller:
             base_version = manifest.base_version
             if manifest.device_id is not None:  # a pruned version built for this device
                 deployed_at = self._applied_at(device)
+                if deployed_at is None:  # its `applied` event is still in the agent's outbox
+                    deployed_at = self.store.get_version(device.deployed_version).created_at.timestamp()
                 ref = manifest.extra.get("reference_hist")
                 reference = None if ref is None else np.asarray(ref, dtype=np.float64)
         telemetry = self.store.recent_telemetry(device.id, limit=500)
@@ -178,12 +182,27 @@ class Controller:
         if not device.deployed_version:
             return []  # nothing runs yet: the base version comes first
         key = idempotency_key(device.id, newest.seq if newest else None, base_version)
-        job, created = self.store.enqueue_job(device.id, "retrain", key, "; ".join(decision.reasons))
+        reason = "; ".join(decision.reasons)
+        if deployed_at is None and device.id in self._fell_back:  # on the base because of what it saw
+            reason = f"{self._fell_back.pop(device.id)} (the base version served meanwhile)"
+        job, created = self.store.enqueue_job(device.id, "retrain", key, reason)
         if created:
             logger.info("device %s: retrain job %s enqueued: %s", device.id, job.id, job.trigger_reason,
                         extra={"device_id": device.id, "job_id": job.id})
             return decision.reasons
         return []
+
+    def _recent_sketches(self, device_id: str, base_model: str) -> list[Sketch]:
+        """The device's newest SKETCH_WINDOW uploads without their reservoirs; only uploads newer
+        than the last pass are read from the database."""
+        key = (device_id, base_model)
+        cached = self._sketches.get(key, [])
+        after = cached[-1].seq if cached else None
+        new = [without_samples(parse_sketch(r.data))
+               for r in self.store.device_sketch_records(device_id, base_model, limit=SKETCH_WINDOW, after_seq=after)]
+        cached = (cached + new)[-SKETCH_WINDOW:]
+        self._sketches[key] = cached
+        return cached
 
     def _fall_back(self, device: DevicePublic, base_version: str, decision: Decision) -> None:
         """A version pruned for data the device no longer sees can be far worse than the base model:
@@ -194,6 +213,7 @@ class Controller:
         reference = self._reference_version(device.base_model, base_version)
         if reference is None or reference == device.deployed_version:
             return
+        self._fell_back[device.id] = "; ".join(why)
         self.store.set_desired_version(device.id, reference,
                                        reason=f"{'; '.join(why)}: the base version serves until the re-prune lands",
                                        actor="system:controller")
@@ -256,7 +276,10 @@ class Controller:
         if action is Action.ABORT:
             self.store.abort_rollout(rollout.id, reason=f"{failed} device(s) regressed or rolled back")
         elif action is Action.ADVANCE:
-            self.store.advance_rollout(rollout.id, reason=f"{healthy} device(s) healthy")
+            after = self.store.advance_rollout(rollout.id, reason=f"{healthy} device(s) healthy")
+            if after.state == "completed":  # the dispatcher moves MLflow's `champion` alias to it
+                self.store.enqueue_job(None, "promote", f"promote:{rollout.id}:{rollout.version_id}",
+                                       f"rollout {rollout.id} to cohort {rollout.cohort} completed")
         return action
 
 

@@ -44,6 +44,15 @@ def test_too_few_labels_fall_back_to_the_estimate():
     assert len(d.reasons) == 1 and d.reasons[0].startswith("estimated accuracy 80.0%")
 
 
+def test_a_drop_within_the_noise_of_a_short_window_does_not_trigger():
+    baseline = AccuracyWindow(inferences=256, estimated_sum=0.93 * 256)
+    recent = AccuracyWindow(inferences=256, estimated_sum=0.88 * 256)  # 5 pp lower: 2 standard errors
+    assert decide(state(baseline=baseline, recent=recent), POLICY).reasons == []
+    longer = AccuracyWindow(inferences=20_000, estimated_sum=0.88 * 20_000)
+    baseline = AccuracyWindow(inferences=20_000, estimated_sum=0.93 * 20_000)
+    assert decide(state(baseline=baseline, recent=longer), POLICY).reasons[0].startswith("estimated accuracy 88.0%")
+
+
 def test_drift_of_stem_histograms_triggers():
     shifted = np.tile(np.array([5, 15, 30, 50]), (4, 1))
     d = decide(state(latest_hist=shifted), POLICY)

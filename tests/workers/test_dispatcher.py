@@ -79,6 +79,12 @@ def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny, ray_lo
                                      {"i": job.id}))
     dispatcher.run_until_idle(timeout_s=60)
     assert len(store.list_versions(device_id=device_id)) == 1
+
+    # A rollout of it completed (the controller enqueues this): MLflow's champion moves to it.
+    promote, _ = store.enqueue_job(None, "promote", f"promote:1:{version.id}", "rollout 1 completed")
+    dispatcher.run_until_idle(timeout_s=60)
+    assert store.get_job(promote.id).status == "succeeded"
+    assert tracker.version_by_alias("tiny-cnn", "champion") == version.mlflow_version
     store.close()
 
 
