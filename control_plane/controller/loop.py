@@ -25,7 +25,8 @@ from control_plane.controller.triggers import (
     decide,
     idempotency_key,
 )
-from control_plane.schemas import DevicePublic, JobPublic, PolicyPublic, RolloutPublic, TelemetryPublic
+from control_plane.db.models import DeviceEvent
+from control_plane.schemas import DevicePublic, PolicyPublic, RolloutPublic, TelemetryPublic
 from control_plane.services import FleetStore
 from control_plane.services import events as event_service
 from qsae_shared.sketch import Sketch, parse_sketch, select_recent, without_samples
@@ -140,12 +141,13 @@ class Controller:
         fresh_samples = sum(s.num_samples for s in fresh)
         newest = max(sketches, key=lambda s: (s.window_end, s.seq)) if sketches else None
 
+        events = self.store.db.run(event_service.list_events, device.id, 200)  # newest first
         reference, deployed_at, base_version = None, None, ""
         if device.deployed_version:
             manifest = self.store.version_manifest(device.deployed_version)
             base_version = manifest.base_version
             if manifest.device_id is not None:  # a pruned version built for this device
-                deployed_at = self._applied_at(device)
+                deployed_at = self._applied_at(events, device.deployed_version)
                 if deployed_at is None:  # its `applied` event is still in the agent's outbox
                     deployed_at = self.store.get_version(device.deployed_version).created_at.timestamp()
                 ref = manifest.extra.get("reference_hist")
@@ -162,13 +164,15 @@ class Controller:
             deployed_at=deployed_at if deployed_at is not None or not device.deployed_version else None,
             baseline=baseline, recent=recent, reference_hist=reference, latest_hist=latest_hist,
             has_sketches=fresh_samples >= self.config.min_fresh_samples)
-        refused = self._refused(device.id, last_job)
+        refused = last_job is not None and self._failed(events, last_job.version_id)
         if refused and state.reference_hist is None and last_job is not None and last_job.version_id:
             # Judge drift against the data the refused version was built from: new data, new try.
             ref = self.store.version_manifest(last_job.version_id).extra.get("reference_hist")
             if ref is not None and latest_hist is not None and np.shape(ref) == latest_hist.shape:
                 state = replace(state, reference_hist=np.asarray(ref, dtype=np.float64))
-        state = replace(state, last_refused=refused)
+        pending = (device.desired_version is not None and device.desired_version != device.deployed_version
+                   and not self._failed(events, device.desired_version))
+        state = replace(state, last_refused=refused, install_pending=pending)
         decision = decide(state, tp)
         if decision.drift is not None:
             self.store.record_drift(device.id, decision.drift)
@@ -231,17 +235,15 @@ class Controller:
                     break
         return self._references.get(key)
 
-    def _refused(self, device_id: str, job: JobPublic | None) -> bool:
-        """Whether the device refused (or rolled back) the version the last job made."""
-        if job is None or job.version_id is None:
-            return False
-        events = self.store.db.run(event_service.list_events, device_id, 200)
-        return any(e.version_id == job.version_id and e.kind in FAILED_KINDS for e in events)
+    @staticmethod
+    def _failed(events: list[DeviceEvent], version_id: str | None) -> bool:
+        """Whether the device refused (or rolled back) that version."""
+        return version_id is not None and any(e.version_id == version_id and e.kind in FAILED_KINDS for e in events)
 
-    def _applied_at(self, device: DevicePublic) -> float | None:
-        events = self.store.db.run(event_service.list_events, device.id, 200)
+    @staticmethod
+    def _applied_at(events: list[DeviceEvent], version_id: str) -> float | None:
         for e in events:  # newest first
-            if e.kind == "applied" and e.version_id == device.deployed_version:
+            if e.kind == "applied" and e.version_id == version_id:
                 return float(e.at)
         return None
 

@@ -59,6 +59,7 @@ class DeviceState:
     latest_hist: np.ndarray | None = None  # (C, B) histograms of the newest sketch
     has_sketches: bool = True
     last_refused: bool = False  # the device refused or rolled back the last retrain's version
+    install_pending: bool = False  # the device has not installed (nor refused) its assigned version yet
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def decide(state: DeviceState, policy: TriggerPolicy) -> Decision:
             blocked = "the device refused the last version; waiting for drift or the interval"
         elif state.has_active_job:
             blocked = "a retrain for this device is already queued or running"
+        elif state.install_pending:
+            blocked = "the device has not installed its assigned version yet"
         elif state.last_job_at is not None and state.now - state.last_job_at < policy.debounce_s:
             blocked = f"debounced: last job {state.now - state.last_job_at:.0f} s ago"
         elif not state.has_sketches:

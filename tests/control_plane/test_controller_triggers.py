@@ -73,6 +73,12 @@ def test_active_job_and_debounce_block_a_second_job():
     assert decide(state(latest_hist=shifted, last_job_at=10_000.0 - 100), POLICY).enqueue
 
 
+def test_no_retrain_while_the_device_is_still_installing_its_last_one():
+    d = decide(state(deployed_at=None, install_pending=True), POLICY)
+    assert d.reasons == ["initial: no pruned model deployed yet"] and not d.enqueue
+    assert d.blocked == "the device has not installed its assigned version yet"
+
+
 def test_idempotency_key_names_device_window_and_base():
     assert idempotency_key("d1", 7, "3") == idempotency_key("d1", 7, "3") != idempotency_key("d1", 8, "3")
 
