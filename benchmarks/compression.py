@@ -1,6 +1,7 @@
 """Compression against accuracy, per method, policy, scenario and calibration.
 
-    python -m benchmarks.compression [--quick] [--seeds N] [--json PATH] [--mlflow URI]
+    python -m benchmarks.compression [--quick] [--seeds N] [--default-only] [--budgets B,B,...]
+                                     [--scenarios S,S,...] [--validation] [--json PATH] [--mlflow URI]
 
 Calibration goes through sketches built by the agent's own `SketchBuilder` from the stem outputs
 of the dense base artifact running in ONNX Runtime, on training-split images drawn through the
@@ -10,6 +11,12 @@ compression, each KL budget, and the default policy; plus an oracle sweep that p
 by labelled validation accuracy (held-out training images; reported as not label-free).
 Per-device scenarios: the default policy and the KL budgets, calibrated on the full distribution
 (`global`) and on the device's own (`device`; the global mask competes as a fallback).
+
+`--validation` evaluates every result on held-out TRAINING images (never trained on) of the same
+distribution instead of the test split: that is how the default KL budget is chosen, e.g.
+`--validation --default-only --budgets 0.03,0.035,0.04,0.045 --scenarios "" --seeds 3`
+(with `--default-only`, the default policy at each budget is recorded on `full`, `policy` =
+`kl_budget=B`). Rows carry `split` (`test` or `validation`).
 """
 
 from __future__ import annotations
@@ -40,11 +47,14 @@ COLUMNS = [("scenario", "{}"), ("calibration", "{}"), ("method", "{}"), ("policy
 
 
 class Bench:
-    def __init__(self, quick: bool, seed: int, default_only: bool = False) -> None:
+    def __init__(self, quick: bool, seed: int, default_only: bool = False,
+                 budgets: tuple[float, ...] | None = None, validation: bool = False) -> None:
         self.quick = quick
         self.default_only = default_only
         self.seed = seed
-        self.n_test = 2000 if quick else 10_000
+        self.budgets = budgets if budgets is not None else (0.05,) if quick else BUDGETS
+        self.split = "validation" if validation else "test"
+        self.n_test = (2000 if quick else 5000) if validation else (2000 if quick else 10_000)
         self.ck = common.base_checkpoint()
         self.runtime = common.BaseRuntime(self.ck)
         self.model = f"{self.ck.name}@{self.ck.base_version}"
@@ -55,9 +65,13 @@ class Bench:
         self.sketch_bytes: dict[str, int] = {}
 
     def test(self, scenario: str) -> tuple[np.ndarray, np.ndarray, float]:
-        """(inputs, labels, dense fp32 accuracy) of the scenario's test distribution."""
+        """(inputs, labels, dense fp32 accuracy) of the scenario's evaluation distribution: the test
+        split, or held-out training images with `--validation`."""
         if scenario not in self._tests:
-            x, y = common.test_set(scenario, self.seed, self.n_test)
+            if self.split == "validation":
+                x, y = common.validation_set(self.ck, scenario, self.seed, self.n_test)
+            else:
+                x, y = common.test_set(scenario, self.seed, self.n_test)
             dense = common.onnx_accuracy(export.dense_onnx(self.ck.network(), self.ck.spec), x, y)
             self._tests[scenario] = (x, y, dense)
         return self._tests[scenario]
@@ -91,7 +105,7 @@ class Bench:
             "model": self.model, "scenario": scenario, "seed": self.seed,
             "method": method or (cand.method if cand is not None else "?"), "policy": policy_name,
             "target": target, "default_policy": default, "calibration": calibration,
-            "label_free": label_free,
+            "label_free": label_free, "split": self.split,
             "compression_ratio": compression_ratio(nets.param_count(self.ck.spec), len(blob)),
             "artifact_bytes": len(blob),
             "runtime_weight_bytes": artifact.runtime_weight_bytes(artifact.unpack(blob)),
@@ -131,7 +145,7 @@ class Bench:
                     blob=base.files[retrain.MODEL_FILE], method="int8", kl=base.metrics["kl"])
         criteria = () if self.default_only else ("qsae", "magnitude") if self.quick else CRITERIA
         targets = (16,) if self.quick else TARGETS
-        budgets = (0.05,) if self.quick else BUDGETS
+        budgets = self.budgets
         recoveries = (RecoveryConfig(lsq=False), DEFAULT_POLICY.recovery)
         for criterion in criteria:
             for rec in recoveries:
@@ -147,7 +161,10 @@ class Bench:
                                              DEFAULT_POLICY.kl_budget, True)}
         for b in budgets:
             pol = replace(DEFAULT_POLICY, kl_budget=b)
-            chosen[f"kl_budget={b}"] = self.pruners["full"].search(pol)[0]
+            if self.default_only:  # the default policy at each budget, recorded (how the budget is chosen)
+                chosen[f"kl_budget={b}"] = self.run_policy("full", "global", pol, f"kl_budget={b}", b, False)
+            else:  # recorded per criterion above; searched here for the device scenarios
+                chosen[f"kl_budget={b}"] = self.pruners["full"].search(pol)[0]
         if not self.default_only:
             self.oracle()
         return chosen
@@ -181,7 +198,7 @@ class Bench:
         common.progress(f"seed {self.seed}: scenario {scenario}")
         policies = [("default", DEFAULT_POLICY, True)] + [
             (f"kl_budget={b}", replace(DEFAULT_POLICY, kl_budget=b), False)
-            for b in (() if self.quick else BUDGETS)]
+            for b in (() if self.quick else self.budgets)]
         for name, pol, default in policies:
             g = global_chosen[name]
             self.record(scenario, "global", g, name, pol.kl_budget, default, g.seconds)
@@ -193,13 +210,19 @@ def main() -> None:
     p = common.parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--default-only", action="store_true",
                    help="only the int8 baseline, the default policy and the KL budgets (for --seeds runs)")
-    p.add_argument("--scenarios", default=None, help="comma-separated device scenarios (default: all)")
+    p.add_argument("--scenarios", default=None,
+                   help='comma-separated device scenarios (default: all; "" for none)')
+    p.add_argument("--budgets", default=None,
+                   help=f"comma-separated KL budgets besides the default policy's (default: {BUDGETS})")
+    p.add_argument("--validation", action="store_true",
+                   help="evaluate on held-out training images instead of the test split (choosing the budget)")
     args = p.parse_args()
+    budgets = None if args.budgets is None else tuple(float(b) for b in args.budgets.split(",") if b)
     common.setup(args.threads)
     t0 = time.perf_counter()
     rows: list[dict] = []
     for seed in range(args.seeds):
-        bench = Bench(args.quick, seed, args.default_only)
+        bench = Bench(args.quick, seed, args.default_only, budgets, args.validation)
         chosen = bench.full()
         scen = ("classes-footwear", "corrupt-contrast-noise") if args.quick else DEVICE_SCENARIOS
         if args.scenarios is not None:
@@ -208,6 +231,7 @@ def main() -> None:
             bench.device(s, chosen)
         rows += bench.rows
         common.write_json(args.json, NAME, rows, seeds=args.seeds, quick=args.quick,
+                          split=bench.split,
                           default_policy=DEFAULT_POLICY.describe(), seconds=time.perf_counter() - t0)
     common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows,
                       params=("model", "scenario", "seed", "method", "policy", "target", "calibration",
