@@ -37,8 +37,8 @@ class DemoPlan:
     quick_base: bool  # a 1-epoch base model instead of the pinned 6-epoch one
 
 
-FULL = DemoPlan(devices=6, phase_scale=1.0, seconds_per_round=0.6, quick_base=False)
-QUICK = DemoPlan(devices=3, phase_scale=0.6, seconds_per_round=0.8, quick_base=True)
+FULL = DemoPlan(devices=6, phase_scale=2.0, seconds_per_round=0.5, quick_base=False)  # ~5 min of stream
+QUICK = DemoPlan(devices=3, phase_scale=0.8, seconds_per_round=0.5, quick_base=True)  # ~2 min
 
 
 def _free_port() -> int:
