@@ -41,28 +41,46 @@ QUICK = DemoPlan(devices=3, phase_scale=1.6, seconds_per_round=0.4, quick_base=F
 
 
 def stream_images(scenario: dict[str, Any], devices: int, inferences: list[int]) -> list[tuple[np.ndarray, ...]]:
-    """Each device's images and labels as the simulator drew them (batch by batch)."""
+    """Each device's (images, labels, phase indices) as the simulator drew them (batch by batch)."""
     cfg = SimulationConfig.from_scenario(scenario, devices=devices)
     out = []
     for prof, n in zip(expand_profiles(scenario, devices), inferences, strict=True):
         stream = DeviceStream(prof, cfg.split, "simulate")
         batches = [stream.next_batch(cfg.batch_size) for _ in range(n // cfg.batch_size)]
         out.append((preprocess(np.concatenate([b.images for b in batches])),
-                    np.concatenate([b.labels for b in batches])))
+                    np.concatenate([b.labels for b in batches]),
+                    np.concatenate([b.phase_index for b in batches])))
     return out
 
 
-def accuracy_of(blob: bytes, x: np.ndarray, y: np.ndarray) -> float:
-    return accuracy_of_onnx(artifact.to_onnx(artifact.unpack(blob)), x, y)
+def correct_of(blob: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return correct_of_onnx(artifact.to_onnx(artifact.unpack(blob)), x, y)
 
 
-def accuracy_of_onnx(model: bytes, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+def correct_of_onnx(model: bytes, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """(N,) bool: which images the model classifies right."""
     sess = export.session(model)
-    correct = 0
+    out = []
     for i in range(0, len(x), batch):  # logits only: the stems of a whole stream would take gigabytes
         (logits,) = sess.run([onnx_graph.LOGITS], {onnx_graph.INPUT: x[i:i + batch]})
-        correct += int((logits.argmax(1) == y[i:i + batch]).sum())
-    return correct / len(y)
+        out.append(logits.argmax(1) == y[i:i + batch])
+    return np.concatenate(out)
+
+
+def per_phase(report: Any, profiles: list[DeviceProfile], images: list[tuple[np.ndarray, ...]],
+              correct: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Accuracy of every method per device and phase (`correct`: method -> (N,) over the whole stream)."""
+    rows, start = [], 0
+    for d, prof, (_, _, phases) in zip(report.devices, profiles, images, strict=True):
+        for ph in np.unique(phases):
+            m = np.zeros(sum(len(p) for _, _, p in images), bool)
+            m[start:start + len(phases)] = phases == ph
+            c, n = d.phase_true.get(int(ph), (0, 0))
+            rows.append({"device": prof.device_id, "phase": prof.phases[int(ph)].describe(), "inferences": int(m.sum()),
+                         "dynamic_qsae": c / n if n else None,
+                         **{k: float(v[m].mean()) for k, v in correct.items()}})
+        start += len(phases)
+    return rows
 
 
 def initial_sketches(runtime: BaseRuntime, prof: DeviceProfile, size: int = 512) -> list[Any]:
@@ -114,37 +132,45 @@ def main() -> None:
 
     progress("scoring the static methods on the same images")
     images = stream_images(scenario, plan.devices, [d.inferences for d in report.devices])
-    x_all = np.concatenate([x for x, _ in images])
-    y_all = np.concatenate([y for _, y in images])
-    dense_acc = accuracy_of_onnx(export.dense_onnx(ck.network(), ck.spec), x_all, y_all)
-    int8_blob = runtime.release.files[MODEL_FILE]
+    x_all = np.concatenate([x for x, _, _ in images])
+    y_all = np.concatenate([y for _, y, _ in images])
+    correct = {"dense": correct_of_onnx(export.dense_onnx(ck.network(), ck.spec), x_all, y_all),
+               "int8": correct_of(runtime.release.files[MODEL_FILE], x_all, y_all)}
+    dense_acc = float(correct["dense"].mean())
     target = max(avg_compression, DEFAULT_POLICY.min_compression)
     static_policy = {"mode": "target_compression", "target_compression": target, "min_compression": 1.0}
     profiles = expand_profiles(scenario, plan.devices)
     fleet_sketches = [s for p in profiles for s in initial_sketches(runtime, p, 512 // len(profiles) + 40)]
     progress(f"static_magnitude: one global mask at {target:.1f}x")
     magnitude = retrain(ck, fleet_sketches, Policy(criteria=("magnitude",), **static_policy), device_id="fleet")
-    static_qsae_correct = 0
-    static_qsae_ratio = []
-    for prof, (x, y) in zip(profiles, images, strict=True):
+    correct["static_magnitude"] = correct_of(magnitude.files[MODEL_FILE], x_all, y_all)
+    static_qsae, static_qsae_ratio = [], []
+    for prof, (x, y, _) in zip(profiles, images, strict=True):
         progress(f"static_qsae: {prof.device_id} pruned once on its first phase")
         r = retrain(ck, initial_sketches(runtime, prof), Policy(criteria=("qsae",), **static_policy),
                     device_id=prof.device_id)
-        static_qsae_correct += accuracy_of(r.files[MODEL_FILE], x, y) * len(y)
+        static_qsae.append(correct_of(r.files[MODEL_FILE], x, y))
         static_qsae_ratio.append(r.metrics["compression_ratio"])
+    correct["static_qsae"] = np.concatenate(static_qsae)
+    phases = per_phase(report, profiles, images, correct)
     common = {"dense_time_avg_accuracy": dense_acc, "fp32_model_bytes": fp32_bytes}
     rows = [
         {"method": "dynamic_qsae", "time_avg_accuracy": report.accuracy, "avg_compression_ratio": avg_compression,
          "reprunes": reprunes, "sketch_bytes_max": sketch_max, "update_bytes_max": update_max,
          "estimate_mae_pp": report.estimate_mae_pp, "not_modified_ratio": nm_ratio, "seconds": seconds, **common},
         {"method": "dense", "time_avg_accuracy": dense_acc, "avg_compression_ratio": 1.0, "reprunes": 0, **common},
-        {"method": "int8", "time_avg_accuracy": accuracy_of(int8_blob, x_all, y_all),
-         "avg_compression_ratio": fp32_bytes / len(int8_blob), "reprunes": 0, **common},
-        {"method": "static_magnitude", "time_avg_accuracy": accuracy_of(magnitude.files[MODEL_FILE], x_all, y_all),
+        {"method": "int8", "time_avg_accuracy": float(correct["int8"].mean()),
+         "avg_compression_ratio": fp32_bytes / len(runtime.release.files[MODEL_FILE]), "reprunes": 0, **common},
+        {"method": "static_magnitude", "time_avg_accuracy": float(correct["static_magnitude"].mean()),
          "avg_compression_ratio": magnitude.metrics["compression_ratio"], "reprunes": 0, **common},
-        {"method": "static_qsae", "time_avg_accuracy": static_qsae_correct / len(y_all),
+        {"method": "static_qsae", "time_avg_accuracy": float(correct["static_qsae"].mean()),
          "avg_compression_ratio": float(np.mean(static_qsae_ratio)), "reprunes": 0, **common},
     ]
+    methods = ["dynamic_qsae", *correct]
+    print(f"{'device':>16} {'phase':>28} " + " ".join(f"{m:>16}" for m in methods))
+    for p in phases:
+        print(f"{p['device']:>16} {p['phase'][:28]:>28} "
+              + " ".join(f"{100 * p[m]:15.1f}%" if p[m] is not None else f"{'-':>16}" for m in methods))
     print(f"{'method':>18} {'accuracy':>9} {'dense':>7} {'compr.':>7} {'reprunes':>8}")
     for r in rows:
         print(f"{r['method']:>18} {100 * r['time_avg_accuracy']:8.2f}% {100 * dense_acc:6.2f}% "
@@ -153,7 +179,7 @@ def main() -> None:
     print(f"P7: sketch max {d['sketch_bytes_max']} B (<= 262144), update max {d['update_bytes_max']} B "
           f"(<= {fp32_bytes // 10}), unchanged polls answered 304: {nm_ratio}")
     write_json(args.json, "dynamic", rows, devices=plan.devices, phase_scale=plan.phase_scale,
-               seconds_per_round=plan.seconds_per_round)
+               seconds_per_round=plan.seconds_per_round, phases=phases)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,13 @@ class VersionStats:
         """(accuracy, number of labels it is computed from)."""
         n = len(self._hits)
         return (float(np.mean(self._hits)) if n else None), n
+
+    def recent_labelled(self, last: int) -> tuple[float | None, int]:
+        """The same over the newest `last` labels only."""
+        hits = list(self._hits)[-last:]
+        return (float(np.mean(hits)) if hits else None), len(hits)
+
+    def recent_estimated(self, last: int) -> float | None:
+        """The label-free estimate over the newest `last` predictions."""
+        est = list(self._est)[-last:]
+        return float(np.mean(est)) if est else None

@@ -44,6 +44,8 @@ MIN_LABELS = 50  # labels needed, on each side, before labelled accuracy decides
 LABEL_WAIT_FACTOR = 10  # judge without labels after this many rollback windows
 Z_ONE_SIDED_95 = 1.645  # a labelled drop must exceed the floor by this many standard errors
 MIN_PAIRED_INPUTS = 64  # recent inputs needed to compare two versions on the same data
+BASELINE_LABELS = 300  # newest labels of the previous version a probation compares against
+BASELINE_PREDICTIONS = 1000  # newest predictions behind the previous version's estimate
 
 EventSink = Callable[[str, "str | None", str], None]  # (kind, version_id, reason)
 FlushSink = Callable[[tuple[WindowSummary | None, SketchBuilder | None]], None]  # what Runtime.swap returns
@@ -254,9 +256,12 @@ class Updater:
         probation = None
         if previous is not None and lkg is not None:
             stats = self.runtime.stats(previous.version)
-            acc, n = stats.labelled
+            # The previous version's newest predictions only: a long window would mix in data the
+            # device no longer sees (a version that served before and after a drift).
+            acc, n = stats.recent_labelled(BASELINE_LABELS)
             probation = {"version": candidate.version, "previous": previous.version,
-                         "baseline_estimated": stats.estimated, "baseline_labelled": acc, "baseline_labels": n,
+                         "baseline_estimated": stats.recent_estimated(BASELINE_PREDICTIONS),
+                         "baseline_labelled": acc, "baseline_labels": n,
                          "window": candidate.manifest.floors.rollback_window,
                          "drop_pp": candidate.manifest.floors.rollback_accuracy_drop_pp}
         else:

@@ -98,3 +98,13 @@ def test_recent_inputs_keep_the_last_ones_with_their_labels(runtime):
     x, y = runtime.recent()
     assert x.shape == (64, 1, 28, 28)
     assert (y[-10:] == split.labels[90:100]).all() and (y[:-10] == -1).all()
+
+
+def test_a_probation_baseline_is_the_previous_versions_newest_labels_not_its_whole_history():
+    from edge_agent.telemetry import VersionStats
+
+    stats = VersionStats(window=2000)
+    stats.add_labels(np.ones(1000, bool))  # right on the data the device saw before a drift
+    stats.add_labels(np.arange(300) % 4 != 0)  # 75 % on what it sees now
+    assert stats.labelled[1] == 1300 and stats.labelled[0] > 0.94
+    assert stats.recent_labelled(300) == (0.75, 300)
