@@ -136,6 +136,9 @@ class Controller:
         jobs = self.store.list_jobs(device_id=device.id, limit=1)
         last_job = jobs[0] if jobs else None
         active = last_job is not None and last_job.status in ("queued", "running")
+        # Read again after the job: a job that finished since the pass began has already assigned its
+        # version, and the pass must see that assignment, not start another "initial" retrain.
+        device = self.store.get_device(device.id)
         sketches = self._recent_sketches(device.id, device.base_model)
         fresh = select_recent(sketches, 10**9, tp.drift_threshold)
         fresh_samples = sum(s.num_samples for s in fresh)
