@@ -85,6 +85,7 @@ class Updater:
         self.last_error: str | None = None  # why the last install or the last version failed
         self.backoff = Backoff(base_s=5.0, cap_s=600.0)  # between attempts at a failing version
         self.retry_at = 0.0  # no install attempt before this time
+        self._previous: LoadedModel | None = None  # the version before the one on probation, to compare with
 
     # ----- start-up -----
 
@@ -326,6 +327,7 @@ class Updater:
         if waiting_for_labels:
             return
         self.store.set_pointer(Pointer(p.current, p.current, None))
+        self._previous = None
         self.store.prune(self._keep())
         logger.info("device_id=%s model_version=%s passed probation (estimated %s, labelled %s on %d)",
                     self.device_id, p.current, est, acc, n)
@@ -338,7 +340,9 @@ class Updater:
         if current is None or len(x) < MIN_PAIRED_INPUTS:
             return None
         try:
-            old = self._load(previous)
+            if self._previous is None or self._previous.version != previous:  # loaded once a probation
+                self._previous = self._load(previous)
+            old = self._previous
         except (InstallError, ArtifactError, WireFormatError, OSError, KeyError) as exc:
             logger.info("device_id=%s probation without the previous version %s: %s", self.device_id, previous, exc)
             return None
@@ -365,6 +369,7 @@ class Updater:
             self.emit("failed", bad, f"rollback to {target} impossible: {exc}")
             return False
         self.store.set_pointer(Pointer(target, target, None))
+        self._previous = None
         self.flush(self.runtime.swap(model))
         if bad:
             self.store.block(bad, Blocked(f"rolled back: {reason}", True, 0, None))
