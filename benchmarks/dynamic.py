@@ -4,8 +4,8 @@
 
 `dynamic_qsae` runs the real loop: control plane, dispatcher (local Ray), controller and simulated
 agents, with the stream paced in real time so retraining lag counts. The fleet is the demo's (six
-devices, three kinds of drift; `--quick`: the first three) with phases 3x (1.6x) as long: about four
-minutes (100 s) of stream per phase, against retrains of 10 to 30 s on this machine. Every other method is scored
+devices, three kinds of drift; `--quick`: the first three) with phases 3x (1.4x) as long: about four
+minutes (90 s) of stream per phase, against retrains of 10 to 30 s on this machine. Every other method is scored
 on exactly the images each device saw, in stream order: `dense` (fp32), `int8` (the base artifact),
 `static_magnitude` (one global magnitude mask with the same recovery, calibrated on the fleet's
 initial data) and `static_qsae` (each device pruned once on its initial phase), the statics at a
@@ -37,7 +37,7 @@ from workers.retrain import MODEL_FILE, retrain
 # The demo's fleet, with phases long against a retrain (tens of seconds here), as a device's data
 # would be: the lag until a device runs a model pruned for its new data still counts.
 FULL = DemoPlan(devices=6, phase_scale=3.0, seconds_per_round=0.5, quick_base=False)
-QUICK = DemoPlan(devices=3, phase_scale=1.6, seconds_per_round=0.4, quick_base=False)
+QUICK = DemoPlan(devices=3, phase_scale=1.4, seconds_per_round=0.4, quick_base=False)
 
 
 def stream_images(scenario: dict[str, Any], devices: int, inferences: list[int]) -> list[tuple[np.ndarray, ...]]:
