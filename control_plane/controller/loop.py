@@ -43,7 +43,8 @@ FALLBACK_REASONS = ("drift", "labelled accuracy", "estimated accuracy")  # trigg
 class ControllerConfig:
     tick_s: float = 5.0  # seconds between passes over the fleet
     min_inferences: int = 200  # telemetry needed in a window before accuracy is judged
-    min_fresh_samples: int = 160  # sketch samples of the current data needed before a retrain
+    min_fresh_samples: int | None = None  # sketch samples of the current data a retrain needs (None: the
+    # server's calibration_size, what the retrain calibrates on)
     debounce_s: float = 20.0  # no new job sooner than this after the last one
     lock_ttl_s: float = 30.0  # Redis leader lock lifetime, renewed every tick
 
@@ -87,6 +88,8 @@ class Controller:
     def __init__(self, store: FleetStore, config: ControllerConfig | None = None) -> None:
         self.store = store
         self.config = config or ControllerConfig()
+        self.min_fresh_samples = (self.config.min_fresh_samples if self.config.min_fresh_samples is not None
+                                  else store.settings.calibration_size)
         self._references: dict[tuple[str, str], str] = {}  # (base model, base version) -> version id
         self._sketches: dict[tuple[str, str], list[Sketch]] = {}  # (device, base model) -> newest uploads
         self._fell_back: dict[str, str] = {}  # device -> why it was sent back to the base version
@@ -166,7 +169,7 @@ class Controller:
             last_job_at=last_job.created_at.timestamp() if last_job else None,
             deployed_at=deployed_at if deployed_at is not None or not device.deployed_version else None,
             baseline=baseline, recent=recent, reference_hist=reference, latest_hist=latest_hist,
-            has_sketches=fresh_samples >= self.config.min_fresh_samples)
+            has_sketches=fresh_samples >= self.min_fresh_samples)
         refused = last_job is not None and self._failed(events, last_job.version_id)
         if refused and state.reference_hist is None and last_job is not None and last_job.version_id:
             # Judge drift against the data the refused version was built from: new data, new try.
