@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +31,7 @@ from edge_agent.runtime import Runtime
 from edge_agent.state import load_credentials, save_credentials
 from edge_agent.store import Blocked, ModelStore, Pointer
 from edge_agent.telemetry import WindowSummary
+from qsae_shared.accuracy import significant_drop
 from qsae_shared.errors import ArtifactError, SignatureError, WireFormatError
 from qsae_shared.keyrotation import chain_from_manifest_extra, follow
 from qsae_shared.manifest import Manifest
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 MIN_LABELS = 50  # labels needed, on each side, before labelled accuracy decides a rollback
 LABEL_WAIT_FACTOR = 10  # judge without labels after this many rollback windows
-Z_ONE_SIDED_95 = 1.645  # a labelled drop must exceed the floor by this many standard errors
 MIN_PAIRED_INPUTS = 64  # recent inputs needed to compare two versions on the same data
 BASELINE_LABELS = 300  # newest labels of the previous version a probation compares against
 BASELINE_PREDICTIONS = 1000  # newest predictions behind the previous version's estimate
@@ -312,11 +311,10 @@ class Updater:
                                f"{paired.labelled_previous:.3f} of {prob['previous']} on the same "
                                f"{paired.labelled} labelled inputs")
         elif acc is not None and base_acc is not None and n >= MIN_LABELS and labels_expected:
-            se = math.sqrt(base_acc * (1 - base_acc) / base_n + acc * (1 - acc) / n)
             # Two versions that agree on all but `floor` of the recent inputs cannot differ in
             # accuracy by more than that: a larger drop came with the data, not with the version.
             explained = paired is not None and 1 - paired.agreement <= floor
-            if base_acc - acc > floor + Z_ONE_SIDED_95 * se and not explained:
+            if significant_drop(base_acc, base_n, acc, n, floor) and not explained:
                 reasons.append(f"labelled accuracy {acc:.3f} on {n} labels vs {base_acc:.3f} on {base_n} "
                                "before the swap")
         if reasons:

@@ -7,14 +7,12 @@ against those the deployed version was built from, and elapsed time.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from qsae_shared.accuracy import significant_drop
 from qsae_shared.sketch import histogram_drift
-
-Z_ONE_SIDED_95 = 1.645
 
 
 @dataclass(frozen=True)
@@ -102,6 +100,7 @@ def decide(state: DeviceState, policy: TriggerPolicy) -> Decision:
 
 
 def _accuracy_reasons(state: DeviceState, policy: TriggerPolicy) -> list[str]:
+    """Drops beyond the windows' noise only: a 256-inference window alone crosses 3 pp often."""
     reasons = []
     base, recent = state.baseline, state.recent
     if recent.inferences < policy.min_inferences or base.inferences < policy.min_inferences:
@@ -109,22 +108,14 @@ def _accuracy_reasons(state: DeviceState, policy: TriggerPolicy) -> list[str]:
     if min(base.labelled, recent.labelled) >= policy.min_labelled:
         b, r = base.labelled_accuracy, recent.labelled_accuracy
         assert b is not None and r is not None
-        if _significant_drop(b, base.labelled, r, recent.labelled, policy.labelled_drop_pp):
+        if significant_drop(b, base.labelled, r, recent.labelled, policy.labelled_drop_pp / 100):
             reasons.append(f"labelled accuracy {r:.1%} < baseline {b:.1%} - {policy.labelled_drop_pp:g} pp")
     b_est, r_est = base.estimated_accuracy, recent.estimated_accuracy
     if b_est is not None and r_est is not None and \
-            _significant_drop(b_est, base.inferences, r_est, recent.inferences, policy.estimated_drop_pp):
+            significant_drop(b_est, base.inferences, r_est, recent.inferences, policy.estimated_drop_pp / 100):
         reasons.append(f"estimated accuracy {r_est:.1%} < baseline {b_est:.1%} - "
                        f"{policy.estimated_drop_pp:g} pp")
     return reasons
-
-
-def _significant_drop(before: float, n_before: int, after: float, n_after: int, floor_pp: float) -> bool:
-    """The drop exceeds the floor by more than 1.645 standard errors (a binomial bound, which also
-    covers the estimate: a mean of per-prediction values in [0, 1]). Without it a 256-inference
-    window's noise alone crosses a 3 pp floor several times an hour."""
-    se = math.sqrt(before * (1 - before) / max(n_before, 1) + after * (1 - after) / max(n_after, 1))
-    return (before - after) * 100 > floor_pp + Z_ONE_SIDED_95 * se * 100
 
 
 def idempotency_key(device_id: str, newest_sketch_seq: int | None, base_version: str) -> str:
