@@ -63,19 +63,24 @@ def base_profile(ck: Checkpoint) -> BaseProfile:
 MIN_BIN_SAMPLES = 10  # fewer samples than this in a bin: its accuracy is not measured there
 
 
-def _per_bin_accuracy(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(B,) accuracy per confidence bin (the bin's mid-point where too few samples) and (B,) counts."""
-    bins = np.clip((conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
+def _bins(conf: np.ndarray) -> np.ndarray:
+    """(N,) max softmax probabilities -> (N,) confidence bin indices."""
+    return np.clip((conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
+
+
+def _per_bin_accuracy(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(B,) accuracy per confidence bin (the bin's mid-point where too few samples)."""
+    bins = _bins(conf)
     counts = np.bincount(bins, minlength=CONFIDENCE_BINS)
     sums = np.bincount(bins, weights=correct.astype(np.float64), minlength=CONFIDENCE_BINS)
     mid = (edges[:-1] + edges[1:]) / 2  # a calibrated model's accuracy
-    return np.where(counts >= MIN_BIN_SAMPLES, sums / np.maximum(counts, 1), mid), counts
+    return np.where(counts >= MIN_BIN_SAMPLES, sums / np.maximum(counts, 1), mid)
 
 
 def _pooled_accuracy(conf: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """(B,) mean expected correctness per confidence bin; a sparse bin pools its neighbours, widening
     symmetrically until it holds MIN_BIN_SAMPLES samples."""
-    bins = np.clip((conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
+    bins = _bins(conf)
     counts = np.bincount(bins, minlength=CONFIDENCE_BINS)
     sums = np.bincount(bins, weights=expected, minlength=CONFIDENCE_BINS)
     out = np.empty(CONFIDENCE_BINS)
@@ -103,22 +108,21 @@ def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Ten
     with torch.no_grad():
         probs = torch.softmax(head(prof.val_stem), 1).numpy()  # (V, K)
         cal_probs = torch.softmax(head(calib_stem), 1).numpy()  # (N, K)
-    acc, _ = _per_bin_accuracy(probs.max(1), probs.argmax(1) == prof.val_labels, edges)
+    acc = _per_bin_accuracy(probs.max(1), probs.argmax(1) == prof.val_labels, edges)
     cal_conf, cal_pred = cal_probs.max(1), cal_probs.argmax(1)
     if reference is not None and len(cal_conf):
         with torch.no_grad():
             ref_val = torch.softmax(reference(prof.val_stem), 1).numpy()  # (V, K)
             ref_cal = torch.softmax(reference(calib_stem), 1).numpy()  # (N, K)
         ref_right = ref_val.argmax(1) == prof.val_labels
-        ref_acc, _ = _per_bin_accuracy(ref_val.max(1), ref_right, edges)
+        ref_acc = _per_bin_accuracy(ref_val.max(1), ref_right, edges)
         against_wrong = (probs.argmax(1) != ref_val.argmax(1)) & ~ref_right
         right_against_wrong = (float((probs.argmax(1) == prof.val_labels)[against_wrong].mean())
                                if against_wrong.any() else 0.0)
-        p_ref = ref_acc[np.clip((ref_cal.max(1) * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)]
+        p_ref = ref_acc[_bins(ref_cal.max(1))]
         expected = np.where(cal_pred == ref_cal.argmax(1), p_ref, (1 - p_ref) * right_against_wrong)  # (N,)
         acc = _pooled_accuracy(cal_conf, expected)
-    cal_bins = np.clip((cal_conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
-    share = np.bincount(cal_bins, minlength=CONFIDENCE_BINS) / max(len(cal_bins), 1)
+    share = np.bincount(_bins(cal_conf), minlength=CONFIDENCE_BINS) / max(len(cal_conf), 1)
     return ConfidenceProfile(bin_edges=[float(e) for e in edges], accuracy=[float(a) for a in acc],
                              reference_hist=[float(s) for s in share])
 
