@@ -104,15 +104,23 @@ def validation_set(ck: Checkpoint, scenario: str, seed: int, n: int) -> tuple[np
     return preprocess(x), y
 
 
+def onnx_correct(model_onnx: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N,) bool: which images the model classifies right."""
+    return export.logits(export.session(model_onnx), x).argmax(1) == y
+
+
+def artifact_correct(blob: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from qsae_shared import artifact
+
+    return onnx_correct(artifact.to_onnx(artifact.unpack(blob)), x, y)
+
+
 def onnx_accuracy(model_onnx: bytes, x: np.ndarray, y: np.ndarray) -> float:
-    logits, _ = export.run(export.session(model_onnx), x)
-    return float((logits.argmax(1) == y).mean())
+    return float(onnx_correct(model_onnx, x, y).mean())
 
 
 def artifact_accuracy(blob: bytes, x: np.ndarray, y: np.ndarray) -> float:
-    from qsae_shared import artifact
-
-    return onnx_accuracy(artifact.to_onnx(artifact.unpack(blob)), x, y)
+    return float(artifact_correct(blob, x, y).mean())
 
 
 class Table:

@@ -22,14 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import BaseRuntime, base_checkpoint, parser, progress, setup, write_json
+from benchmarks.common import (
+    BaseRuntime,
+    artifact_correct,
+    base_checkpoint,
+    onnx_correct,
+    parser,
+    progress,
+    setup,
+    write_json,
+)
 from edge_agent.simulator import SimulationConfig, expand_profiles
-from qsae_shared import artifact
 from qsae_shared.compression import dense_fp32_bytes
 from qsae_shared.data import preprocess
 from qsae_shared.distributions import DeviceProfile, DeviceStream
 from qsae_shared.sketch import SketchBuilder, parse_sketch
-from workers import export, nets, onnx_graph
+from workers import export, nets
 from workers.demo import DemoPlan, FleetSession, _scaled_scenario, print_results
 from workers.policy import DEFAULT_POLICY, Policy
 from workers.retrain import MODEL_FILE, retrain
@@ -53,32 +61,17 @@ def stream_images(scenario: dict[str, Any], devices: int, inferences: list[int])
     return out
 
 
-def correct_of(blob: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return correct_of_onnx(artifact.to_onnx(artifact.unpack(blob)), x, y)
-
-
-def correct_of_onnx(model: bytes, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> np.ndarray:
-    """(N,) bool: which images the model classifies right."""
-    sess = export.session(model)
-    out = []
-    for i in range(0, len(x), batch):  # logits only: the stems of a whole stream would take gigabytes
-        (logits,) = sess.run([onnx_graph.LOGITS], {onnx_graph.INPUT: x[i:i + batch]})
-        out.append(logits.argmax(1) == y[i:i + batch])
-    return np.concatenate(out)
-
-
 def per_phase(report: Any, profiles: list[DeviceProfile], images: list[tuple[np.ndarray, ...]],
               correct: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Accuracy of every method per device and phase (`correct`: method -> (N,) over the whole stream)."""
     rows, start = [], 0
     for d, prof, (_, _, phases) in zip(report.devices, profiles, images, strict=True):
+        mine = {k: v[start:start + len(phases)] for k, v in correct.items()}  # this device's images
         for ph in np.unique(phases):
-            m = np.zeros(sum(len(p) for _, _, p in images), bool)
-            m[start:start + len(phases)] = phases == ph
+            m = phases == ph
             c, n = d.phase_true.get(int(ph), (0, 0))
             rows.append({"device": prof.device_id, "phase": prof.phases[int(ph)].describe(), "inferences": int(m.sum()),
-                         "dynamic_qsae": c / n if n else None,
-                         **{k: float(v[m].mean()) for k, v in correct.items()}})
+                         "dynamic_qsae": c / n if n else None, **{k: float(v[m].mean()) for k, v in mine.items()}})
         start += len(phases)
     return rows
 
@@ -134,8 +127,8 @@ def main() -> None:
     images = stream_images(scenario, plan.devices, [d.inferences for d in report.devices])
     x_all = np.concatenate([x for x, _, _ in images])
     y_all = np.concatenate([y for _, y, _ in images])
-    correct = {"dense": correct_of_onnx(export.dense_onnx(ck.network(), ck.spec), x_all, y_all),
-               "int8": correct_of(runtime.release.files[MODEL_FILE], x_all, y_all)}
+    correct = {"dense": onnx_correct(export.dense_onnx(ck.network(), ck.spec), x_all, y_all),
+               "int8": artifact_correct(runtime.release.files[MODEL_FILE], x_all, y_all)}
     dense_acc = float(correct["dense"].mean())
     target = max(avg_compression, DEFAULT_POLICY.min_compression)
     static_policy = {"mode": "target_compression", "target_compression": target, "min_compression": 1.0}
@@ -143,13 +136,13 @@ def main() -> None:
     fleet_sketches = [s for p in profiles for s in initial_sketches(runtime, p, 512 // len(profiles) + 40)]
     progress(f"static_magnitude: one global mask at {target:.1f}x")
     magnitude = retrain(ck, fleet_sketches, Policy(criteria=("magnitude",), **static_policy), device_id="fleet")
-    correct["static_magnitude"] = correct_of(magnitude.files[MODEL_FILE], x_all, y_all)
+    correct["static_magnitude"] = artifact_correct(magnitude.files[MODEL_FILE], x_all, y_all)
     static_qsae, static_qsae_ratio = [], []
     for prof, (x, y, _) in zip(profiles, images, strict=True):
         progress(f"static_qsae: {prof.device_id} pruned once on its first phase")
         r = retrain(ck, initial_sketches(runtime, prof), Policy(criteria=("qsae",), **static_policy),
                     device_id=prof.device_id)
-        static_qsae.append(correct_of(r.files[MODEL_FILE], x, y))
+        static_qsae.append(artifact_correct(r.files[MODEL_FILE], x, y))
         static_qsae_ratio.append(r.metrics["compression_ratio"])
     correct["static_qsae"] = np.concatenate(static_qsae)
     phases = per_phase(report, profiles, images, correct)

@@ -115,12 +115,19 @@ def session(model: bytes, threads: int = 1) -> ort.InferenceSession:
 
 def run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, H, W) inputs -> ((N, K) logits, (N, ...) stem outputs)."""
-    logits, stems = [], []
-    for i in range(0, len(x), batch):
-        lo, st = sess.run([onnx_graph.LOGITS, onnx_graph.STEM], {onnx_graph.INPUT: x[i:i + batch]})
-        logits.append(lo)
-        stems.append(st)
-    return np.concatenate(logits), np.concatenate(stems)
+    logits, stems = _batched(sess, [onnx_graph.LOGITS, onnx_graph.STEM], x, batch)
+    return logits, stems
+
+
+def logits(sess: ort.InferenceSession, x: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """(N, C, H, W) inputs -> (N, K) logits, without keeping the stem outputs (gigabytes on long streams)."""
+    (out,) = _batched(sess, [onnx_graph.LOGITS], x, batch)
+    return out
+
+
+def _batched(sess: ort.InferenceSession, names: list[str], x: np.ndarray, batch: int) -> list[np.ndarray]:
+    parts = [sess.run(names, {onnx_graph.INPUT: x[i:i + batch]}) for i in range(0, len(x), batch)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
 
 def simulate(net: nn.Sequential, spec: nets.Spec, compute: dict[int, str] | None = None,
