@@ -39,6 +39,16 @@ def serve_version(server, manifest, data):
     server.assign(manifest)
 
 
+def serving_agent(tmp_path, kit, manifest, data, **overrides):
+    """A fake server assigning `manifest`, and an agent that has synced with it once."""
+    server = FakeServer()
+    serve_version(server, manifest, data)
+    clock = Clock()
+    agent = make_agent(tmp_path, server, kit, clock, **overrides)
+    agent.tick()
+    return server, clock, agent
+
+
 @pytest.fixture
 def images():
     split = load_split("test")
@@ -46,11 +56,7 @@ def images():
 
 
 def test_installs_the_assigned_model_and_reports(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     assert agent.runtime.version == "v-good"
     assert server.event_kinds("v-good") == ["downloaded", "verified", "applied"]
     x, y = images
@@ -76,11 +82,7 @@ def test_installs_the_assigned_model_and_reports(tmp_path, kit, images):
 
 
 def test_server_down_then_drains_in_order_and_seqs_never_repeat(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock, telemetry_batch=7)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes, telemetry_batch=7)
     server.down = True
     x, _ = images
     for i in range(25):
@@ -141,11 +143,7 @@ def test_backoff_grows_is_capped_honours_retry_after_and_resets(tmp_path, kit):
 
 
 def test_a_record_refused_for_good_is_dropped_with_its_reason(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     x, _ = images
     agent.predict(x[:10])
     clock.t += 11
@@ -191,11 +189,7 @@ def _bad_versions(kit):
 @pytest.mark.parametrize("case", range(5))
 def test_bad_versions_are_rejected_while_the_old_model_serves(tmp_path, kit, images, case):
     name, manifest, files, reason = _bad_versions(kit)[case]
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock, max_install_attempts=2)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes, max_install_attempts=2)
     x, _ = images
     before = agent.predict(x[:50]).classes
     server.artifacts.update(files)
@@ -215,11 +209,8 @@ def test_bad_versions_are_rejected_while_the_old_model_serves(tmp_path, kit, ima
 
 
 def test_the_base_model_is_installed_even_when_the_serving_version_disagrees_with_it(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.bad, kit.bad_bytes)  # a version built for data the device no longer sees
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock)
-    agent.tick()
+    # serving a version built for data the device no longer sees
+    server, clock, agent = serving_agent(tmp_path, kit, kit.bad, kit.bad_bytes)
     agent.predict(images[0][:300])
     serve_version(server, kit.good, kit.good_bytes)  # the base model: the reference every version is judged by
     clock.t += 6
@@ -229,11 +220,7 @@ def test_the_base_model_is_installed_even_when_the_serving_version_disagrees_wit
 
 
 def test_shadow_evaluation_refuses_a_model_that_disagrees(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     agent.predict(images[0][:300])  # recent inputs on the device
     serve_version(server, kit.bad, kit.bad_bytes)  # default floor: 0.9 agreement
     clock.t += 6  # the next assignment poll
@@ -245,11 +232,7 @@ def test_shadow_evaluation_refuses_a_model_that_disagrees(tmp_path, kit, images)
 
 
 def test_regression_after_the_swap_rolls_back(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     x, y = images
     p = agent.predict(x[:400])
     agent.feedback(p.ids, y[:400])
@@ -283,11 +266,7 @@ def test_regression_after_the_swap_rolls_back(tmp_path, kit, images):
 
 
 def test_a_model_that_passes_probation_becomes_last_known_good(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     x, _ = images
     agent.predict(x[:300])
     same = kit.key.sign_manifest(replace(kit.good, version_id="v-good-2",
@@ -304,11 +283,7 @@ def test_a_model_that_passes_probation_becomes_last_known_good(tmp_path, kit, im
 
 
 def test_data_that_changes_during_probation_is_not_blamed_on_the_new_version(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     x, y = images
     p = agent.predict(x[:400])
     agent.feedback(p.ids, y[:400])  # the baseline: labelled accuracy of v-good on the old data
@@ -326,11 +301,7 @@ def test_data_that_changes_during_probation_is_not_blamed_on_the_new_version(tmp
 
 
 def test_events_and_records_are_json_scalars_only(tmp_path, kit, images):
-    server = FakeServer()
-    serve_version(server, kit.good, kit.good_bytes)
-    clock = Clock()
-    agent = make_agent(tmp_path, server, kit, clock)
-    agent.tick()
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     agent.predict(images[0][:100])
     clock.t += 11
     agent.tick()
