@@ -5,6 +5,7 @@ import-weight promise (no torch, no ray)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from control_plane.schemas import TelemetryRecord
 from control_plane.services import fleet
 from control_plane.settings import Settings
 from tests.control_plane.cp_helpers import REDIS_URL, bearer, make_device, make_version, record
-from tests.scratch_db import PG_ADMIN
+from tests.scratch_db import scratch_postgres
 
 
 def test_healthz_and_readyz(client):
@@ -182,28 +183,17 @@ def test_importing_the_app_loads_neither_torch_nor_ray():
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migrations_go_down_and_up_again(backend, tmp_path):
-    import psycopg
-
     from control_plane.db.migrate import current_revision, downgrade, head_revision, upgrade
 
-    if backend == "sqlite":
-        url, name = f"sqlite:///{tmp_path / 'm.db'}", None
-    else:
-        name = f"qsae_cp_mig_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with contextlib.ExitStack() as stack:
+        url = (f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite"
+               else stack.enter_context(scratch_postgres("qsae_cp_mig", migrate=False)))
         upgrade(url)
         assert current_revision(url) == head_revision()
         downgrade(url, "base")
         assert current_revision(url) is None
         upgrade(url)
         assert current_revision(url) == head_revision()
-    finally:
-        if name:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_device_touches_are_written_in_the_background(settings):
