@@ -21,13 +21,7 @@ class _Link:
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client = client
         self.upstream = upstream
-        self.last_request = 0.0  # monotonic time client bytes were last forwarded
-        self.last_answer = 0.0  # monotonic time server bytes were last forwarded
         self.withheld = 0  # answer bytes dropped while the proxy held answers
-
-    @property
-    def in_flight(self) -> bool:
-        return self.last_request > self.last_answer
 
     def reset(self) -> None:
         for s in (self.client, self.upstream):
@@ -98,20 +92,6 @@ class CutProxy:
     def is_cut(self) -> bool:
         return self._cut.is_set()
 
-    def in_flight(self) -> int:
-        """Connections with a request sent and not yet answered."""
-        with self._lock:
-            return sum(1 for link in self._links if link.in_flight)
-
-    def wait_in_flight(self, timeout_s: float) -> bool:
-        """Wait (polling, bounded) until some request is in flight."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.in_flight():
-                return True
-            time.sleep(0.002)
-        return False
-
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(OSError):
@@ -152,13 +132,11 @@ class CutProxy:
                 if self._cut.is_set():
                     break
                 if upward:
-                    link.last_request = time.monotonic()
                     self.bytes_up += len(data)
                 elif self._hold.is_set():
                     link.withheld += len(data)
                     continue
                 else:
-                    link.last_answer = time.monotonic()
                     self.bytes_down += len(data)
                 dst.sendall(data)
         except OSError:
