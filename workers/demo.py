@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,24 @@ FULL = DemoPlan(devices=6, phase_scale=2.0, seconds_per_round=0.5, quick_base=Fa
 QUICK = DemoPlan(devices=3, phase_scale=0.8, seconds_per_round=0.5, quick_base=True)  # ~2 min
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, timeout_s: float, step_s: float = 0.2,
+                 alive: Callable[[], bool] = lambda: True) -> bool:
+    """Whether GET `url` answers 200 within `timeout_s` (False at once when `alive()` turns False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(url, timeout=max(step_s, 1.0)).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(step_s)
+    return False
 
 
 def _base_checkpoint(quick: bool) -> Any:
@@ -72,15 +87,8 @@ class _Server:
 
     def start(self) -> None:
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the control plane did not start within 30 s")
+        if not wait_healthy(f"{self.url}/healthz", 30):
+            raise RuntimeError("the control plane did not start within 30 s")
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -117,7 +125,7 @@ class FleetSession:
         from workers.tracking import Tracker
 
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        self.settings = Settings(state_dir=self.run_dir, port=_free_port(), bootstrap_admin_key=self.admin_key,
+        self.settings = Settings(state_dir=self.run_dir, port=free_port(), bootstrap_admin_key=self.admin_key,
                                  mlflow_tracking_uri=self.mlflow_uri, calibration_size=512, redis_url=None)
         upgrade(str(self.settings.database_url))
         self.server = _Server(self.settings)

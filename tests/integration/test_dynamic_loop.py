@@ -7,7 +7,6 @@ aborted and the devices go back."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from qsae_shared.manifest import PolicyFloors
 from qsae_shared.sketch import parse_sketch
 from tests.scratch_db import scratch_postgres
 from tests.tiny_model import tiny_checkpoint
-from workers.demo import _Server
+from workers.demo import _Server, free_port, wait_healthy
 from workers.dispatcher import Dispatcher, DispatcherConfig, init_ray
 from workers.tracking import Tracker, alias_for_device
 
@@ -37,16 +36,10 @@ ADMIN = "qk_it_" + uuid.uuid4().hex
 FOOTWEAR, BAGS = ["sandal", "sneaker", "ankle-boot"], ["trouser", "dress", "bag"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
@@ -55,16 +48,8 @@ def mlflow_server(tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        if not wait_healthy(f"{url}/health", 120, step_s=0.5, alive=lambda: proc.poll() is None):
             assert proc.poll() is None, "mlflow server exited"
-            time.sleep(0.5)
-        else:
             pytest.fail("mlflow server did not answer /health within 120 s")
         yield url
     finally:
@@ -84,7 +69,7 @@ def fleet(tmp_path_factory, mlflow_server, pg_database):
     prefix = f"qsae-it-{uuid.uuid4().hex[:8]}:"
     settings = Settings(state_dir=state, database_url=pg_database, redis_url="redis://127.0.0.1:6379/0",
                         redis_prefix=prefix, mlflow_tracking_uri=mlflow_server, bootstrap_admin_key=ADMIN,
-                        port=_free_port(), calibration_size=240,
+                        port=free_port(), calibration_size=240,
                         rate_limit_per_minute=1_000_000)
     ck = tiny_checkpoint()
     init_ray(None, num_cpus=2)
