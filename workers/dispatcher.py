@@ -97,6 +97,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray starts its workers at nice 15, so on a shared machine any other work starves the
+    # retrains (they ran 2-5x slower than alone under the demo's simulated fleet). The retrains are
+    # this process's real work: run them at normal priority unless told otherwise.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if ray.is_initialized():
         return
     if address:
