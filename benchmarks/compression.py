@@ -1,7 +1,8 @@
 """Compression against accuracy, per method, policy, scenario and calibration.
 
     python -m benchmarks.compression [--quick] [--seeds N] [--default-only] [--budgets B,B,...]
-                                     [--scenarios S,S,...] [--validation] [--json PATH] [--mlflow URI]
+                                     [--scenarios S,S,...] [--validation] [--align N] [--json PATH]
+                                     [--mlflow URI]
 
 Calibration goes through sketches built by the agent's own `SketchBuilder` from the stem outputs
 of the dense base artifact running in ONNX Runtime, on training-split images drawn through the
@@ -16,7 +17,9 @@ Per-device scenarios: the default policy and the KL budgets, calibrated on the f
 distribution instead of the test split: that is how the default KL budget is chosen, e.g.
 `--validation --default-only --budgets 0.03,0.035,0.04,0.045 --scenarios "" --seeds 3`
 (with `--default-only`, the default policy at each budget is recorded on `full`, `policy` =
-`kl_budget=B`). Rows carry `split` (`test` or `validation`).
+`kl_budget=B`). Rows carry `split` (`test` or `validation`). `--align N` runs every policy with
+the schedule's width alignment set to N instead of the default's (a candidate default, judged on
+validation before it is adopted); rows carry `align`.
 """
 
 from __future__ import annotations
@@ -48,8 +51,12 @@ COLUMNS = [("scenario", "{}"), ("calibration", "{}"), ("method", "{}"), ("policy
 
 class Bench:
     def __init__(self, quick: bool, seed: int, default_only: bool = False,
-                 budgets: tuple[float, ...] | None = None, validation: bool = False) -> None:
+                 budgets: tuple[float, ...] | None = None, validation: bool = False,
+                 align: int | None = None) -> None:
         self.quick = quick
+        # The default policy this run stands for: the product's, or it with another width alignment.
+        self.policy = DEFAULT_POLICY if align is None else replace(
+            DEFAULT_POLICY, schedule=replace(DEFAULT_POLICY.schedule, align=align))
         self.default_only = default_only
         self.seed = seed
         self.budgets = budgets if budgets is not None else (0.05,) if quick else BUDGETS
@@ -89,12 +96,12 @@ class Bench:
     def record(self, scenario: str, calibration: str, cand: search.Candidate | None, policy_name: str,
                target: float | None, default: bool, seconds: float, blob: bytes | None = None,
                label_free: bool = True, method: str | None = None, kl: float | None = None,
-               compute_mode: str = DEFAULT_POLICY.compute) -> dict:
+               compute_mode: str | None = None) -> dict:
         x, y, dense = self.test(scenario)
         if blob is None:  # what the product ships: compute per layer as the policy says
             assert cand is not None
             calib = self.pruner("full" if calibration == "global" else scenario).calib
-            compute, act = choose_compute(cand.pruned, calib, compute_mode)
+            compute, act = choose_compute(cand.pruned, calib, compute_mode or self.policy.compute)
             blob = export.build_artifact(cand.pruned, compute, act, cand.method)
         acc = common.artifact_accuracy(blob, x, y)
         pruned = cand.pruned if cand is not None else retrain.pruned_from_artifact(blob)
@@ -105,7 +112,7 @@ class Bench:
             "model": self.model, "scenario": scenario, "seed": self.seed,
             "method": method or (cand.method if cand is not None else "?"), "policy": policy_name,
             "target": target, "default_policy": default, "calibration": calibration,
-            "label_free": label_free, "split": self.split,
+            "label_free": label_free, "split": self.split, "align": self.policy.schedule.align,
             "compression_ratio": compression_ratio(nets.param_count(self.ck.spec), len(blob)),
             "artifact_bytes": len(blob),
             "runtime_weight_bytes": artifact.runtime_weight_bytes(artifact.unpack(blob)),
@@ -146,21 +153,21 @@ class Bench:
         criteria = () if self.default_only else ("qsae", "magnitude") if self.quick else CRITERIA
         targets = (16,) if self.quick else TARGETS
         budgets = self.budgets
-        recoveries = (RecoveryConfig(lsq=False), DEFAULT_POLICY.recovery)
+        recoveries = (RecoveryConfig(lsq=False), self.policy.recovery)
         for criterion in criteria:
             for rec in recoveries:
                 for t in targets:
-                    pol = replace(DEFAULT_POLICY, mode="target_compression", target_compression=float(t),
+                    pol = replace(self.policy, mode="target_compression", target_compression=float(t),
                                   criteria=(criterion,), recovery=rec, min_compression=1.0)
                     self.run_policy("full", "global", pol, f"target_compression={t}", float(t), False)
                 for b in budgets:
-                    pol = replace(DEFAULT_POLICY, kl_budget=b, criteria=(criterion,), recovery=rec,
+                    pol = replace(self.policy, kl_budget=b, criteria=(criterion,), recovery=rec,
                                   min_compression=1.0)
                     self.run_policy("full", "global", pol, f"kl_budget={b}", b, False)
-        chosen = {"default": self.run_policy("full", "global", DEFAULT_POLICY, "default",
-                                             DEFAULT_POLICY.kl_budget, True)}
+        chosen = {"default": self.run_policy("full", "global", self.policy, "default",
+                                             self.policy.kl_budget, True)}
         for b in budgets:
-            pol = replace(DEFAULT_POLICY, kl_budget=b)
+            pol = replace(self.policy, kl_budget=b)
             if self.default_only:  # the default policy at each budget, recorded (how the budget is chosen)
                 chosen[f"kl_budget={b}"] = self.run_policy("full", "global", pol, f"kl_budget={b}", b, False)
             else:  # recorded per criterion above; searched here for the device scenarios
@@ -173,7 +180,7 @@ class Bench:
         """Not label-free: the amount with the most compression whose labelled validation
         accuracy is within 1 pp of dense (default criterion and recovery)."""
         pruner = self.pruners["full"]
-        policy = DEFAULT_POLICY
+        policy = self.policy
         xv, yv = common.validation_set(self.ck, "full", self.seed, 2000 if self.quick else 5000)
         with torch.no_grad():
             dense_val = float((self.ck.network()(torch.from_numpy(xv)).argmax(1).numpy() == yv).mean())
@@ -196,8 +203,8 @@ class Bench:
 
     def device(self, scenario: str, global_chosen: dict[str, search.Candidate]) -> None:
         common.progress(f"seed {self.seed}: scenario {scenario}")
-        policies = [("default", DEFAULT_POLICY, True)] + [
-            (f"kl_budget={b}", replace(DEFAULT_POLICY, kl_budget=b), False)
+        policies = [("default", self.policy, True)] + [
+            (f"kl_budget={b}", replace(self.policy, kl_budget=b), False)
             for b in (() if self.quick else self.budgets)]
         for name, pol, default in policies:
             g = global_chosen[name]
@@ -216,13 +223,15 @@ def main() -> None:
                    help=f"comma-separated KL budgets besides the default policy's (default: {BUDGETS})")
     p.add_argument("--validation", action="store_true",
                    help="evaluate on held-out training images instead of the test split (choosing the budget)")
+    p.add_argument("--align", type=int, default=None,
+                   help="width alignment of every policy's schedule (default: the default policy's)")
     args = p.parse_args()
     budgets = None if args.budgets is None else tuple(float(b) for b in args.budgets.split(",") if b)
     common.setup(args.threads)
     t0 = time.perf_counter()
     rows: list[dict] = []
     for seed in range(args.seeds):
-        bench = Bench(args.quick, seed, args.default_only, budgets, args.validation)
+        bench = Bench(args.quick, seed, args.default_only, budgets, args.validation, args.align)
         chosen = bench.full()
         scen = ("classes-footwear", "corrupt-contrast-noise") if args.quick else DEVICE_SCENARIOS
         if args.scenarios is not None:
@@ -232,10 +241,10 @@ def main() -> None:
         rows += bench.rows
         common.write_json(args.json, NAME, rows, seeds=args.seeds, quick=args.quick,
                           split=bench.split,
-                          default_policy=DEFAULT_POLICY.describe(), seconds=time.perf_counter() - t0)
+                          default_policy=bench.policy.describe(), seconds=time.perf_counter() - t0)
     common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows,
                       params=("model", "scenario", "seed", "method", "policy", "target", "calibration",
-                              "default_policy", "label_free"),
+                              "default_policy", "label_free", "align"),
                       metrics=("compression_ratio", "artifact_bytes", "runtime_weight_bytes", "params_kept",
                                "macs", "sketch_bytes", "accuracy", "dense_accuracy", "drop_pp", "kl", "seconds"))
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -8,12 +8,14 @@ Schedule for an amount a in [0, 1] (docs/method.md):
    `group_weighting="macs"`). Units whose importance is exactly zero (dead units) are removed at
    any amount above zero.
    Then the number of units a group keeps is rounded to the nearest multiple of `align` (default
-   8; halves round up), at least `align` and at most the group's size; a group smaller than that
+   4; halves round up), at least `align` and at most the group's size; a group smaller than that
    keeps what step 1 gave it. Rounding down removes the least important units still kept,
    rounding up restores the most important removed ones. The rounding is monotone in the kept
    count, so the kept widths still never grow with the amount (the bisection relies on it).
    Why: ONNX Runtime's kernels work in blocks of channels (NCHWc blocks of 8 on AVX2, int8 GEMM
-   panels of 4 to 16); measured on the pinned CNN, 42 kept channels ran 1.3x slower than 40.
+   panels of 4 to 16); measured on the pinned CNN, 42 kept channels ran 1.3x slower than 40, 36
+   and 44 like 40. 4 rather than 8: with 8 the KL budget could only choose between 48 and 40
+   channels (about 17x or 21-23x); 4 was chosen on validation images (docs/method.md, section 9).
 2. Unstructured: over the weights that remain in every layer after the stem, a single global
    threshold tau masks the fraction a of them with the lowest score after the allocation's
    normalization: "relative" (default) divides each score by the sum of its output row's scores,
@@ -45,7 +47,7 @@ class Schedule:
     drop_dead: bool = True  # remove units of zero importance at any positive amount
     allocation: str = "relative"  # unstructured sparsity over layers: "relative", "magnitude" or "uniform"
     group_weighting: str = "uniform"  # weight_g: "uniform" (all 1) or "macs" (sqrt of multiply-adds per unit, mean 1)
-    align: int = 8  # kept units per group rounded to a multiple of this (hardware-friendly widths); 1 = off
+    align: int = 4  # kept units per group rounded to a multiple of this (hardware-friendly widths); 1 = off
 
     def __post_init__(self) -> None:
         if not isinstance(self.align, int) or self.align < 1:

@@ -28,7 +28,8 @@ def test_shrunk_network_computes_exactly_what_the_masked_dense_network_computes(
 def test_mask_shapes_follow_the_network_and_the_stem_stays_whole(tiny_cnn):
     net, spec, calib = tiny_cnn
     scores = importance.score("magnitude", net, spec, calib)
-    mask = masks.build(spec, scores, 0.5, masks.Schedule(structured_share=1.0))
+    # align=1: the plain structured step (the width rounding has its own tests below)
+    mask = masks.build(spec, scores, 0.5, masks.Schedule(structured_share=1.0, align=1))
     assert sorted(mask.keep) == [3, 6, 9]  # producers after the stem; never the logits
     assert sorted(mask.weights) == [3, 6, 9, 11]  # every weighted layer after the stem
     for li, m in mask.weights.items():
