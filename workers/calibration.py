@@ -25,6 +25,9 @@ class Calibration:
     stem_out: torch.Tensor  # (N, C, H, W) dense stem outputs
     logits: torch.Tensor  # (N, K) dense logits
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer index -> dense input of that weighted layer
+    # layer index -> dense output (pre-activation) of that weighted layer: the re-fit's targets,
+    # the same for every candidate the search builds
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
     source: str = ""  # where it came from, for logs and reports
 
     @property
@@ -32,8 +35,8 @@ class Calibration:
         return int(self.stem_out.shape[0])
 
     def subset(self, idx: torch.Tensor, source: str) -> Calibration:
-        return Calibration(self.stem_out[idx], self.logits[idx],
-                           {k: v[idx] for k, v in self.inputs.items()}, source)
+        return Calibration(self.stem_out[idx], self.logits[idx], {k: v[idx] for k, v in self.inputs.items()},
+                           {k: v[idx] for k, v in self.outputs.items()}, source)
 
     def folds(self, k: int, seed: int = 0) -> list[tuple[Calibration, Calibration]]:
         """k (fit, judge) pairs whose judge parts cover every sample once (k-fold). A re-fit on
@@ -64,12 +67,16 @@ def from_stem_outputs(net: nn.Sequential, spec: nets.Spec, stem_out: np.ndarray 
     if not torch.isfinite(x).all():
         raise CalibrationError("stem outputs hold NaN or Inf")
     inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
     h = x
     for i in range(spec["stem_end"], len(spec["layers"])):
-        if spec["layers"][i]["type"] in nets.WEIGHTED:
+        weighted = spec["layers"][i]["type"] in nets.WEIGHTED
+        if weighted:
             inputs[i] = h
         h = net[i](h)
-    return Calibration(stem_out=x, logits=h, inputs=inputs, source=source)
+        if weighted:
+            outputs[i] = h
+    return Calibration(stem_out=x, logits=h, inputs=inputs, outputs=outputs, source=source)
 
 
 def from_sketches(net: nn.Sequential, spec: nets.Spec, sketches: list[Sketch],

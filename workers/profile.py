@@ -35,6 +35,7 @@ class BaseProfile:
     hist_edges: np.ndarray  # (C, HIST_BINS + 1)
     val_stem: torch.Tensor  # (V, C, H, W) stem outputs of the held-out validation images
     val_labels: np.ndarray  # (V,)
+    val_probs: np.ndarray  # (V, K) the base model's softmax outputs on them
 
 
 _CACHE: dict[str, BaseProfile] = {}
@@ -55,7 +56,9 @@ def base_profile(ck: Checkpoint) -> BaseProfile:
     half = len(val01) // 2
     mixed = np.concatenate([val01[:half], augment(val01[half:], AugmentConfig(clean_share=0.0), rng)])
     val_stem = torch.from_numpy(calibration.stem_outputs(net, spec, preprocess(mixed)))
-    prof = BaseProfile(edges, val_stem, train.labels[len(train) - n_val:][:CONFIDENCE_IMAGES].copy())
+    with torch.no_grad():
+        val_probs = torch.softmax(nets.head(net, spec)(val_stem), 1).numpy()
+    prof = BaseProfile(edges, val_stem, train.labels[len(train) - n_val:][:CONFIDENCE_IMAGES].copy(), val_probs)
     _CACHE[ck.base_version] = prof
     return prof
 
@@ -94,10 +97,10 @@ def _pooled_accuracy(conf: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Tensor,
-                       reference: nn.Module | None = None) -> ConfidenceProfile:
+                       reference_logits: torch.Tensor | None = None) -> ConfidenceProfile:
     """Accuracy per confidence bin, and the share per bin on the calibration set.
 
-    Without `reference` (the base model) the accuracy per bin is measured on the labelled
+    Without `reference_logits` (the base model's logits on `calib_stem`) the accuracy per bin is measured on the labelled
     validation images. A version pruned for one device is judged on that device's data instead,
     still without a label: on each calibration sample its expected correctness is the reference's
     validated accuracy at the reference's confidence where the two agree, and the validated rate
@@ -110,10 +113,9 @@ def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Ten
         cal_probs = torch.softmax(head(calib_stem), 1).numpy()  # (N, K)
     acc = _per_bin_accuracy(probs.max(1), probs.argmax(1) == prof.val_labels, edges)
     cal_conf, cal_pred = cal_probs.max(1), cal_probs.argmax(1)
-    if reference is not None and len(cal_conf):
-        with torch.no_grad():
-            ref_val = torch.softmax(reference(prof.val_stem), 1).numpy()  # (V, K)
-            ref_cal = torch.softmax(reference(calib_stem), 1).numpy()  # (N, K)
+    if reference_logits is not None and len(cal_conf):
+        ref_val = prof.val_probs  # (V, K)
+        ref_cal = torch.softmax(reference_logits, 1).numpy()  # (N, K)
         ref_right = ref_val.argmax(1) == prof.val_labels
         ref_acc = _per_bin_accuracy(ref_val.max(1), ref_right, edges)
         against_wrong = (probs.argmax(1) != ref_val.argmax(1)) & ~ref_right

@@ -114,16 +114,17 @@ def _dual_rows(a: torch.Tensor, y: torch.Tensor, w0b: torch.Tensor, idx: list[in
     w_S = w0_S + A_S^T (A_S A_S^T + l I)^-1 (y - A_S w0_S). Returns (|S|, r)."""
     if "a" not in cache:
         cache["a"] = a.double()  # (M, D+1)
-        cache["k"] = cache["a"] @ cache["a"].T  # (M, M)
+        cache["k"] = (a @ a.T).double()  # (M, M): float32 products, as the primal Gram
         cache["y"] = y.double()
     ad = cache["a"]
     a_s = ad[:, s]  # (M, |S|)
     dropped = (~keep).nonzero().squeeze(1)
     if len(dropped) < len(s):  # K_S = K - A_dropped A_dropped^T
-        a_c = ad[:, dropped]
-        k = cache["k"] - a_c @ a_c.T
+        a_c = a[:, dropped]
+        k = cache["k"] - (a_c @ a_c.T).double()
     else:
-        k = a_s @ a_s.T
+        a_s32 = a[:, s]
+        k = (a_s32 @ a_s32.T).double()
     k.diagonal().add_(lam)
     w0_s = w0b[idx][:, s]  # (r, |S|)
     resid = cache["y"][:, idx] - a_s @ w0_s.T  # (M, r)
@@ -134,23 +135,18 @@ def _dual_rows(a: torch.Tensor, y: torch.Tensor, w0b: torch.Tensor, idx: list[in
 def least_squares(pruned: Pruned, dense: nn.Sequential, dense_spec: nets.Spec, calib: Calibration,
                   cfg: RecoveryConfig) -> None:
     gen = torch.Generator().manual_seed(cfg.seed)
-    h_p = calib.stem_out  # pruned path
-    h_d = calib.stem_out  # dense path
+    h_p = calib.stem_out  # pruned path; the dense path's activations are the calibration's own
     for i in range(dense_spec["stem_end"], len(dense_spec["layers"])):
-        layer_p, layer_d = pruned.net[i], dense[i]
+        layer_p = pruned.net[i]
         if isinstance(layer_p, (nn.Conv2d, nn.Linear)):
-            y_full = layer_d(h_d)  # (N, C_dense, ...)
+            y_full = calib.outputs[i] if i in calib.outputs else dense[i](calib.inputs[i])  # (N, C_dense, ...)
             rows = pruned.keep.get(i)
             y_kept = y_full[:, torch.from_numpy(rows)] if rows is not None else y_full
             x, pick = _design(layer_p, h_p, cfg.max_rows, gen)
             refit_layer(layer_p, pruned.masks.get(i), x, _targets(y_kept, pick), cfg.damp)
             if cfg.quantize:
                 layer_p.weight.copy_(round_trip(layer_p.weight))
-            h_d = y_full
-            h_p = layer_p(h_p)
-        else:
-            h_d = layer_d(h_d)
-            h_p = layer_p(h_p)
+        h_p = layer_p(h_p)
 
 
 def distill(pruned: Pruned, calib: Calibration, cfg: RecoveryConfig, stem_end: int) -> None:

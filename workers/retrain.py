@@ -182,7 +182,7 @@ def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, polic
         output_name=onnx_graph.LOGITS, stem_output_name=onnx_graph.STEM,
         stem_shape=profile.stem_shape(ck.spec), hist_edges=prof.hist_edges.tolist(),
         confidence_profile=profile.confidence_profile(sim[ck.spec["stem_end"]:], prof, calib.stem_out,
-                                                      nets.head(ck.network(), ck.spec) if pruned else None),
+                                                      calib.logits if pruned else None),
         floors=PolicyFloors(), method=method, metrics=metrics,
         files=[FileEntry(MODEL_FILE, artifact.MODEL_ROLE, len(blob), sha)])
     if signing_key is not None:
