@@ -58,6 +58,10 @@ class PairedComparison:
     agreement: float  # share of inputs where both predict the same class
     estimated_current: float  # label-free estimates, each version with its own profile
     estimated_previous: float
+    # How much less accurate the current version is estimated to be: where both predict the same
+    # class they are equally right, so only the disagreements count (each version's own profile
+    # there). Whole-input estimates would compare two profiles' biases on every input instead.
+    estimated_drop: float
     labelled: int  # inputs whose label came back while still held
     labelled_current: float
     labelled_previous: float
@@ -296,10 +300,10 @@ class Updater:
         paired = self._paired(str(prob["previous"]))
         est, base_est = stats.estimated, prob.get("baseline_estimated")
         if paired is not None:  # both versions on the same recent inputs: drift cannot pose as regression
-            if paired.estimated_previous - paired.estimated_current > floor:
-                reasons.append(f"estimated accuracy {paired.estimated_current:.3f} vs "
-                               f"{paired.estimated_previous:.3f} of {prob['previous']} on the same "
-                               f"{paired.inputs} recent inputs")
+            if paired.estimated_drop > floor:
+                reasons.append(f"estimated {paired.estimated_drop:.1%} less accurate than {prob['previous']} "
+                               f"on the same {paired.inputs} recent inputs (they disagree on "
+                               f"{1 - paired.agreement:.1%} of them)")
         elif est is not None and base_est is not None and base_est - est > floor:
             reasons.append(f"estimated accuracy {est:.3f} vs {base_est:.3f} before the swap")
         acc, n = stats.labelled
@@ -347,10 +351,12 @@ class Updater:
         p_new, p_old = softmax(current.run(x).logits), softmax(old.run(x).logits)
         labelled = y >= 0
         right_new, right_old = p_new.argmax(1) == y, p_old.argmax(1) == y
+        est_new, est_old = current.estimator.per_prediction(p_new.max(1)), old.estimator.per_prediction(p_old.max(1))
+        differ = p_new.argmax(1) != p_old.argmax(1)
         return PairedComparison(
-            inputs=len(x), agreement=float((p_new.argmax(1) == p_old.argmax(1)).mean()),
-            estimated_current=float(current.estimator.estimate(p_new.max(1)) or 0.0),
-            estimated_previous=float(old.estimator.estimate(p_old.max(1)) or 0.0),
+            inputs=len(x), agreement=float(1 - differ.mean()),
+            estimated_current=float(est_new.mean()), estimated_previous=float(est_old.mean()),
+            estimated_drop=float((est_old - est_new)[differ].sum() / len(x)),
             labelled=int(labelled.sum()),
             labelled_current=float(right_new[labelled].mean()) if labelled.any() else 0.0,
             labelled_previous=float(right_old[labelled].mean()) if labelled.any() else 0.0)

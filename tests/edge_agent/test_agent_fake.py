@@ -300,6 +300,28 @@ def test_data_that_changes_during_probation_is_not_blamed_on_the_new_version(tmp
     assert "rolled_back" not in server.event_kinds("v-good-2")
 
 
+def test_a_version_with_the_same_answers_and_a_gloomier_profile_is_not_rolled_back(tmp_path, kit, images):
+    """Where two versions predict the same class they are equally right, whatever their profiles
+    estimate: only their disagreements can make one less accurate than the other."""
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
+    x, _ = images
+    agent.predict(x[:300])
+    profile = kit.good.confidence_profile
+    gloomy = replace(profile, accuracy=[max(0.0, a - 0.2) for a in profile.accuracy])
+    same = kit.key.sign_manifest(replace(kit.good, version_id="v-good-2", confidence_profile=gloomy,
+                                         floors=PolicyFloors(rollback_window=200)))
+    serve_version(server, same, kit.good_bytes)
+    clock.t += 6
+    agent.tick()
+    assert agent.status()["probation"]["version"] == "v-good-2"
+    agent.predict(x[300:600])
+    assert agent.runtime.stats("v-good-2").estimated < agent.runtime.stats("v-good").estimated - 0.1
+    agent.tick()
+    status = agent.status()
+    assert status["current"] == status["last_known_good"] == "v-good-2", status
+    assert "rolled_back" not in server.event_kinds("v-good-2")
+
+
 def test_events_and_records_are_json_scalars_only(tmp_path, kit, images):
     server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     agent.predict(images[0][:100])
