@@ -29,9 +29,7 @@ def main() -> None:
     args = parser("retrain", __doc__ or "").parse_args()
     setup(threads=1)
     n_single = 2 if args.quick else 4
-    # Enough tasks that the last one finishing alone weighs little: with 16 the idle tail was
-    # about 5 % of the 2-worker run.
-    n_fleet = 4 if args.quick else 32
+    n_fleet = 4 if args.quick else 32  # enough tasks that the last one finishing alone weighs little
     ck = base_checkpoint()
     runtime = BaseRuntime(ck)
     devices = [(SCENARIOS[i % len(SCENARIOS)], i) for i in range(max(n_single, n_fleet))]
