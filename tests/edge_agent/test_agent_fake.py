@@ -265,16 +265,21 @@ def test_regression_after_the_swap_rolls_back(tmp_path, kit, images):
     assert "v-bad" in versions and versions[-1] == "v-good"
 
 
+def put_twin_on_probation(server, clock, agent, kit, **changes):
+    """Serve v-good-2 (v-good's bytes, its manifest with `changes`) and let the agent install it."""
+    twin = kit.key.sign_manifest(replace(kit.good, version_id="v-good-2", floors=PolicyFloors(rollback_window=200),
+                                         **changes))
+    serve_version(server, twin, kit.good_bytes)
+    clock.t += 6
+    agent.tick()
+    assert agent.status()["probation"]["version"] == "v-good-2"
+
+
 def test_a_model_that_passes_probation_becomes_last_known_good(tmp_path, kit, images):
     server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     x, _ = images
     agent.predict(x[:300])
-    same = kit.key.sign_manifest(replace(kit.good, version_id="v-good-2",
-                                         floors=PolicyFloors(rollback_window=200)))
-    serve_version(server, same, kit.good_bytes)
-    clock.t += 6
-    agent.tick()
-    assert agent.status()["probation"]["version"] == "v-good-2"
+    put_twin_on_probation(server, clock, agent, kit)
     agent.predict(x[300:600])
     agent.tick()
     status = agent.status()
@@ -287,11 +292,7 @@ def test_data_that_changes_during_probation_is_not_blamed_on_the_new_version(tmp
     x, y = images
     p = agent.predict(x[:400])
     agent.feedback(p.ids, y[:400])  # the baseline: labelled accuracy of v-good on the old data
-    same = kit.key.sign_manifest(replace(kit.good, version_id="v-good-2", floors=PolicyFloors(rollback_window=200)))
-    serve_version(server, same, kit.good_bytes)
-    clock.t += 6
-    agent.tick()
-    assert agent.status()["probation"]["version"] == "v-good-2"
+    put_twin_on_probation(server, clock, agent, kit)
     p = agent.predict(x[400:700])
     agent.feedback(p.ids, np.roll(y[400:700], 1))  # the world changed: the old answers are now wrong
     agent.tick()
@@ -308,12 +309,7 @@ def test_a_version_with_the_same_answers_and_a_gloomier_profile_is_not_rolled_ba
     agent.predict(x[:300])
     profile = kit.good.confidence_profile
     gloomy = replace(profile, accuracy=[max(0.0, a - 0.2) for a in profile.accuracy])
-    same = kit.key.sign_manifest(replace(kit.good, version_id="v-good-2", confidence_profile=gloomy,
-                                         floors=PolicyFloors(rollback_window=200)))
-    serve_version(server, same, kit.good_bytes)
-    clock.t += 6
-    agent.tick()
-    assert agent.status()["probation"]["version"] == "v-good-2"
+    put_twin_on_probation(server, clock, agent, kit, confidence_profile=gloomy)
     agent.predict(x[300:600])
     assert agent.runtime.stats("v-good-2").estimated < agent.runtime.stats("v-good").estimated - 0.1
     agent.tick()
