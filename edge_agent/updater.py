@@ -31,7 +31,7 @@ from edge_agent.runtime import Runtime
 from edge_agent.state import load_credentials, save_credentials
 from edge_agent.store import Blocked, ModelStore, Pointer
 from edge_agent.telemetry import WindowSummary
-from qsae_shared.accuracy import significant_drop
+from qsae_shared.accuracy import significant_drop, significant_paired_drop
 from qsae_shared.errors import ArtifactError, SignatureError, WireFormatError
 from qsae_shared.keyrotation import chain_from_manifest_extra, follow
 from qsae_shared.manifest import Manifest
@@ -65,6 +65,8 @@ class PairedComparison:
     labelled: int  # inputs whose label came back while still held
     labelled_current: float
     labelled_previous: float
+    lost: int  # labelled inputs only the previous version got right
+    gained: int  # labelled inputs only the current version got right
 
 
 def manifest_digest(doc: dict[str, Any]) -> str:
@@ -244,9 +246,10 @@ class Updater:
             raise InstallError(f"shadow evaluation: {detail}, below the floor "
                                       f"{floors.shadow_agreement_min:.3f}", final=True)
         if labelled.sum() >= MIN_LABELS:
-            acc_cur = float((cur[labelled] == y[labelled]).mean())
-            acc_new = float((new[labelled] == y[labelled]).mean())
-            if acc_cur - acc_new > floors.rollback_accuracy_drop_pp / 100:
+            right_cur, right_new = cur[labelled] == y[labelled], new[labelled] == y[labelled]
+            acc_cur, acc_new = float(right_cur.mean()), float(right_new.mean())
+            if significant_paired_drop(int((right_cur & ~right_new).sum()), int((right_new & ~right_cur).sum()),
+                                       int(labelled.sum()), floors.rollback_accuracy_drop_pp / 100):
                 self.store.prune(self._keep())
                 raise InstallError(f"shadow evaluation: accuracy {acc_new:.3f} vs {acc_cur:.3f} on "
                                           f"{int(labelled.sum())} labelled recent inputs", final=True)
@@ -310,7 +313,7 @@ class Updater:
         base_acc, base_n = prob.get("baseline_labelled"), int(prob.get("baseline_labels") or 0)
         labels_expected = base_n >= MIN_LABELS
         if paired is not None and paired.labelled >= MIN_LABELS:
-            if paired.labelled_previous - paired.labelled_current > floor:
+            if significant_paired_drop(paired.lost, paired.gained, paired.labelled, floor):
                 reasons.append(f"labelled accuracy {paired.labelled_current:.3f} vs "
                                f"{paired.labelled_previous:.3f} of {prob['previous']} on the same "
                                f"{paired.labelled} labelled inputs")
@@ -359,7 +362,8 @@ class Updater:
             estimated_drop=float((est_old - est_new)[differ].sum() / len(x)),
             labelled=int(labelled.sum()),
             labelled_current=float(right_new[labelled].mean()) if labelled.any() else 0.0,
-            labelled_previous=float(right_old[labelled].mean()) if labelled.any() else 0.0)
+            labelled_previous=float(right_old[labelled].mean()) if labelled.any() else 0.0,
+            lost=int((right_old & ~right_new)[labelled].sum()), gained=int((right_new & ~right_old)[labelled].sum()))
 
     def rollback(self, reason: str) -> bool:
         """Go back to the last known good version; False when there is none to go back to."""

@@ -182,8 +182,11 @@ class Controller:
         decision = decide(state, tp)
         if decision.drift is not None:
             self.store.record_drift(device.id, decision.drift)
-        if deployed_at is not None and policy.extra.get("fallback_on_drift", True):
-            self._fall_back(device, base_version, decision)
+        if deployed_at is not None and policy.extra.get("fallback_on_drift", True) and \
+                self._fall_back(device, base_version, decision):
+            # The re-prune waits until the device runs the base: a version that landed while the stale
+            # one still served would be shadow-evaluated against the stale one, and refused.
+            return []
         if not decision.enqueue:
             if decision.reasons and decision.blocked:
                 logger.debug("device %s: %s (%s)", device.id, "; ".join(decision.reasons), decision.blocked,
@@ -214,21 +217,23 @@ class Controller:
         self._sketches[key] = cached
         return cached
 
-    def _fall_back(self, device: DevicePublic, base_version: str, decision: Decision) -> None:
+    def _fall_back(self, device: DevicePublic, base_version: str, decision: Decision) -> bool:
         """A version pruned for data the device no longer sees can be far worse than the base model:
-        on drift or an accuracy drop, the base version serves until the re-prune lands."""
+        on drift or an accuracy drop, the base version serves until the re-prune lands. Whether it
+        assigned the base now."""
         why = [r for r in decision.reasons if r.startswith(FALLBACK_REASONS)]
         if not why or device.desired_version != device.deployed_version:
-            return
+            return False
         reference = self._reference_version(device.base_model, base_version)
         if reference is None or reference == device.deployed_version:
-            return
+            return False
         self._fell_back[device.id] = "; ".join(why)
         self.store.set_desired_version(device.id, reference,
                                        reason=f"{'; '.join(why)}: the base version serves until the re-prune lands",
                                        actor="system:controller")
         logger.info("device %s: back to the base version %s while it is re-pruned (%s)", device.id, reference,
                     "; ".join(why), extra={"device_id": device.id})
+        return True
 
     def _reference_version(self, base_model: str, base_version: str) -> str | None:
         """The registered dense int8 version of a base model (what every version is pruned from)."""

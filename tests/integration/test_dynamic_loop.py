@@ -6,6 +6,7 @@ aborted and the devices go back."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -120,6 +121,16 @@ def agents(fleet, scenario, name):
     return sims, clock
 
 
+def history(store, device_id):
+    """What a failed wait shows: the device's jobs and its newest events."""
+    from control_plane.services.events import list_events
+
+    jobs = [(j.id, j.status, j.trigger_reason, (j.result or {}).get("decision"), j.error)
+            for j in store.list_jobs(device_id=device_id)]
+    events = store.db.run(lambda s: [(e.kind, e.version_id, e.reason) for e in list_events(s, device_id, 20)])
+    return {"jobs": jobs, "events": events}
+
+
 def run_until(sims, clock, condition, timeout_s, until_t=None):
     """Step the agents (one batch each, one simulated second) until `condition()` or time out.
     With `until_t`, a device stops classifying at that point of its stream (it only syncs), so a
@@ -157,7 +168,7 @@ def test_drift_triggers_a_retrain_that_is_registered_and_installed(fleet):
 
     # Phase 1: the initial retrain on the device's own sketches, installed by the agent.
     assert run_until(sims, clock, lambda: deployed_pruned(store, device_id), 240, until_t=2500), \
-        [(j.id, j.status, j.trigger_reason, j.result, j.error) for j in store.list_jobs(device_id=device_id)]
+        history(store, device_id)
     first = deployed_pruned(store, device_id)
     while sim.stream.t < 2500:  # finish the phase the first version was built for
         sim.step()
@@ -171,8 +182,7 @@ def test_drift_triggers_a_retrain_that_is_registered_and_installed(fleet):
         assigned.add(store.get_device(device_id).desired_version)
         return deployed_pruned(store, device_id, exclude={first})
 
-    assert run_until(sims, clock, second_version_installed, 300), \
-        [(j.id, j.status, j.trigger_reason, j.result, j.error) for j in store.list_jobs(device_id=device_id)]
+    assert run_until(sims, clock, second_version_installed, 300), history(store, device_id)
     assert fleet["base"] in assigned
     second = store.get_version(deployed_pruned(store, device_id))
     job = store.get_job(second.job_id)
@@ -180,6 +190,16 @@ def test_drift_triggers_a_retrain_that_is_registered_and_installed(fleet):
     # drift of its sketches, or (when the agent already rolled the stale version back) a re-prune.
     assert job.created_at.timestamp() > phase_change
     assert job.trigger_reason.split()[0] in ("drift", "labelled", "estimated", "initial:"), job.trigger_reason
+    # ... and only once the device ran the base: the new version is shadow-evaluated against the
+    # base, not against the stale version it replaces.
+    from control_plane.services.events import list_events
+
+    def utc(t):
+        return (t if t.tzinfo else t.replace(tzinfo=datetime.UTC)).timestamp()
+
+    base_applied = store.db.run(lambda s: [utc(e.received_at) for e in list_events(s, device_id, 200)
+                                           if e.kind == "applied" and e.version_id == fleet["base"]])
+    assert any(phase_change < t <= utc(job.created_at) for t in base_applied), history(store, device_id)
     assert tracker.version_by_alias("tiny-cnn", alias_for_device(device_id)) == second.mlflow_version
     run = tracker.client.get_run(second.mlflow_run_id)
     assert run.data.tags["device_id"] == device_id and run.data.tags["trigger"] == job.trigger_reason[:500]
@@ -220,9 +240,7 @@ def test_a_regressing_canary_is_aborted_and_rolled_back(fleet):
     def aborted():
         return next(r for r in store.list_rollouts() if r.id == rollout.id).state == "aborted"
 
-    assert run_until(sims, clock, aborted, 240), store.db.run(
-        lambda s: [(e.kind, e.version_id, e.reason) for e in __import__(
-            "control_plane.services.events", fromlist=["x"]).list_events(s, canary[0], 20)])
+    assert run_until(sims, clock, aborted, 240), history(store, canary[0])
     assert store.get_device(canary[0]).desired_version == fleet["base"]
     assert run_until(sims, clock, lambda: store.get_device(canary[0]).deployed_version == fleet["base"], 60)
     other = next(i for i in ids if i not in canary)
