@@ -29,6 +29,8 @@ from typing import Any
 
 import psycopg
 
+from workers.demo import free_port, wait_healthy
+
 PG_ADMIN = os.environ.get("QSAE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 HOST = "127.0.0.1"
 
@@ -170,25 +172,12 @@ async def enroll_devices(port: int, admin_key: str, n: int, concurrency: int = 6
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    if wait_healthy(f"http://{HOST}:{port}/readyz", timeout, step_s=0.3, alive=lambda: proc.poll() is None,
+                    request_timeout_s=2):
+        return
+    if proc.poll() is not None:
+        raise RuntimeError(f"the server exited with {proc.returncode}")
     raise RuntimeError("the server did not become ready")
 
 
@@ -277,7 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{db}"')
         sync_commit = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
-    port = _free_port()
+    port = free_port()
     admin_key = "qk_bench-" + uuid.uuid4().hex
     state = Path(tempfile.mkdtemp(prefix="qsae-ingest-"))
     env = {**os.environ, "FLEET_DATABASE_URL": url, "FLEET_STATE_DIR": str(state),

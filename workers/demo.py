@@ -49,12 +49,14 @@ def free_port() -> int:
 
 
 def wait_healthy(url: str, timeout_s: float, step_s: float = 0.2,
-                 alive: Callable[[], bool] = lambda: True) -> bool:
-    """Whether GET `url` answers 200 within `timeout_s` (False at once when `alive()` turns False)."""
+                 alive: Callable[[], bool] = lambda: True, request_timeout_s: float | None = None) -> bool:
+    """Whether GET `url` answers 200 within `timeout_s` (False at once when `alive()` turns False).
+    Each GET may take `request_timeout_s` (default: `step_s`, at least 1 s)."""
     deadline = time.monotonic() + timeout_s
+    per_request = max(step_s, 1.0) if request_timeout_s is None else request_timeout_s
     while time.monotonic() < deadline and alive():
         try:
-            if httpx.get(url, timeout=max(step_s, 1.0)).status_code == 200:
+            if httpx.get(url, timeout=per_request).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass

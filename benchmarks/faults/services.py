@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from workers import demo
+
 logger = logging.getLogger(__name__)
 
 PG_BIN = Path(os.environ.get("QSAE_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -20,10 +22,9 @@ SHARED_PORTS = (5432, 6379)
 
 
 def free_port() -> int:
+    """A free loopback port, never one of the machine's shared servers'."""
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = demo.free_port()
         if port not in SHARED_PORTS:
             return port
 

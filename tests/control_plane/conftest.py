@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
@@ -20,7 +19,7 @@ from control_plane.main import create_app
 from control_plane.services import auth
 from control_plane.services.store import FleetStore
 from control_plane.settings import Settings
-from tests.control_plane.cp_helpers import REDIS_URL, Dev, make_device
+from tests.control_plane.cp_helpers import REDIS_URL, Dev, make_device, redis_key_prefix
 from tests.scratch_db import scratch_postgres
 
 TABLES = [t.name for t in reversed(Base.metadata.sorted_tables)]
@@ -41,12 +40,8 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def redis_prefix() -> Iterator[str]:
-    prefix = f"qsae-test-{uuid.uuid4().hex[:8]}:"
-    yield prefix
-    r = redis.Redis.from_url(REDIS_URL)
-    for k in r.scan_iter(match=prefix + "*"):
-        r.delete(k)
-    r.close()
+    with redis_key_prefix("qsae-test") as prefix:
+        yield prefix
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -6,7 +6,6 @@ small fleet seeded through the operator and device APIs and the control plane's 
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 import uuid
@@ -24,19 +23,14 @@ from control_plane.main import create_app
 from control_plane.services import auth
 from control_plane.services.store import FleetStore
 from control_plane.settings import Settings
-from qsae_shared.manifest import ConfidenceProfile, FileEntry, Manifest, PolicyFloors
+from tests.control_plane.cp_helpers import stub_manifest
+from workers.demo import free_port
 
 BASE_MODEL = "fmnist-cnn"
 MLFLOW_UI = "http://127.0.0.1:5999"  # only used to build links; nothing listens there
 # What `seed` leaves: one device in each state the fleet page counts.
 SEEDED_STATES = {"cam-01": "healthy", "cam-02": "drifting", "cam-03": "retraining", "cam-04": "rolling_back",
                  "cam-05": "offline", "cam-06": "healthy"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _mounted(app: Any) -> bool:
@@ -68,7 +62,7 @@ def live_server(state_dir: Path) -> Iterator[LiveServer]:
     app = create_app(settings)
     if not _mounted(app):
         dashboards.mount(app)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, name="dashboard-test-server", daemon=True)
@@ -92,16 +86,8 @@ def make_version(store: FleetStore, version_id: str, device_id: str | None, comp
     """Store an artifact and register a version the way the dispatcher does."""
     payload = f"weights of {version_id}".encode()
     sha = store.put_artifact(payload)
-    m = Manifest(
-        version_id=version_id, base_model=BASE_MODEL, base_version="1", device_id=device_id,
-        created_at=time.time(), preprocessing={"mean": 0.286, "std": 0.353}, input_name="input",
-        output_name="logits", stem_output_name="stem", stem_shape=[4, 14, 14],
-        hist_edges=[[0.0, 1.0, 2.0]] * 4,
-        confidence_profile=ConfidenceProfile(bin_edges=[0.0, 0.5, 1.0], accuracy=[0.5, 0.9],
-                                             reference_hist=[0.2, 0.8]),
-        floors=PolicyFloors(), method={"criterion": "qsae"},
-        metrics={"kl": kl, "compression_ratio": compression},
-        files=[FileEntry(name="model.bin", role="weights", size=len(payload), sha256=sha)])
+    m = stub_manifest(version_id, device_id, payload, sha, kl=kl, compression=compression, base_model=BASE_MODEL,
+                      stem_shape=(4, 14, 14))
     return store.register_model_version(m, mlflow_name=BASE_MODEL, mlflow_version=version_id.rsplit("-", 1)[-1],
                                         mlflow_run_id=run_id, status=status, job_id=job_id).id
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,16 +14,11 @@ from typing import Any
 import httpx
 
 from qsae_shared.manifest import Manifest
+from workers.demo import free_port, wait_healthy
 
 ADMIN_KEY = "qk_edge_agent_tests_admin_key_0001"
 BASE_MODEL = "tiny-cnn"  # tests.tiny_model: what the kit fixture exports
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveControlPlane:
@@ -48,16 +41,11 @@ class LiveControlPlane:
                 [sys.executable, "-m", "uvicorn", "control_plane.main:create_app", "--factory", "--host",
                  "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
                 cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"control plane exited: {(self.state_dir / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        proc = self.proc
+        if wait_healthy(f"{self.url}/healthz", timeout_s, alive=lambda: proc.poll() is None):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"control plane exited: {(self.state_dir / 'server.log').read_text()[-2000:]}")
         raise RuntimeError("control plane did not become healthy")
 
     def stop(self) -> None:

@@ -7,25 +7,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from control_plane.main import create_app
 from control_plane.services import auth
 from control_plane.services.store import FleetStore
 from control_plane.settings import Settings
-from tests.reliability.helpers import ROOT, Dev, bearer, free_port, new_device
+from tests.control_plane.cp_helpers import REDIS_URL, redis_key_prefix
+from tests.reliability.helpers import ROOT, Dev, bearer, new_device
 from tests.scratch_db import scratch_postgres
+from workers.demo import free_port, wait_healthy
 
-REDIS_URL = os.environ.get("QSAE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 ROLES = ("viewer", "operator", "admin")
 
 
@@ -37,12 +35,8 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_prefix() -> Iterator[str]:
-    prefix = f"qsae-rel-test-{uuid.uuid4().hex[:8]}:"
-    yield prefix
-    r = redis.Redis.from_url(REDIS_URL)
-    for k in r.scan_iter(match=prefix + "*"):
-        r.delete(k)
-    r.close()
+    with redis_key_prefix("qsae-rel-test") as prefix:
+        yield prefix
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +88,10 @@ class LiveServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "control_plane.cli", "serve", "--no-migrate", "--host", "127.0.0.1",
                  "--port", str(self.port)], cwd=ROOT, env=env, stdout=fh, stderr=fh)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"control plane exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        if wait_healthy(f"{self.url}/readyz", 30, alive=lambda: self.proc.poll() is None):
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"control plane exited: {log.read_text()[-2000:]}")
         self.close()
         raise RuntimeError(f"control plane did not become ready: {log.read_text()[-2000:]}")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,12 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE_MODEL = "fmnist-cnn"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def new_device(client: Any, operator_key: str, base_model: str = BASE_MODEL) -> Dev:
     """Create a device (operator API) and enroll it; works with TestClient and httpx.Client."""
     r = client.post("/api/v1/devices", headers=bearer(operator_key),
@@ -31,16 +23,6 @@ def new_device(client: Any, operator_key: str, base_model: str = BASE_MODEL) -> 
     e = client.post("/api/v1/enroll", json={"enrollment_token": r.json()["enrollment_token"], "agent_version": "t"})
     assert e.status_code == 200, e.text
     return Dev(e.json()["device_id"], e.json()["device_token"])
-
-
-def record(seq: int, **kw: Any) -> dict[str, Any]:
-    now = time.time()
-    r = {"uuid": str(uuid.uuid4()), "seq": seq, "window_start": now - 60, "window_end": now,
-         "inference_count": 100, "labelled_count": 10, "labelled_correct": 9, "estimated_accuracy": 0.9,
-         "mean_confidence": 0.85, "latency_p50_ms": 0.2, "latency_p95_ms": 0.4, "deployed_version": None,
-         "outbox_dropped": 0}
-    r.update(kw)
-    return r
 
 
 def sketch(device_id: str, seq: int = 0, channels: int = 4, hw: int = 6, n: int = 8, bins: int = 8,

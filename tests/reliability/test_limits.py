@@ -11,8 +11,9 @@ import uuid
 import httpx
 import pytest
 
+from tests.control_plane.cp_helpers import record
 from tests.reliability.conftest import live_env
-from tests.reliability.helpers import bearer, new_device, record, sketch
+from tests.reliability.helpers import bearer, new_device, sketch
 
 ADMIN = f"qk_limits_{uuid.uuid4().hex}"
 RATE = 30  # requests per device per minute in this server

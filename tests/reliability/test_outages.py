@@ -12,7 +12,9 @@ from starlette.requests import Request
 
 from control_plane.main import create_app
 from control_plane.settings import Settings
-from tests.reliability.helpers import bearer, free_port, new_device, record
+from tests.control_plane.cp_helpers import record
+from tests.reliability.helpers import bearer, new_device
+from workers.demo import free_port
 
 
 def test_without_the_database_the_api_answers_503_with_retry_after(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -16,8 +16,9 @@ from control_plane.db.models import Base
 from edge_agent.agent import Agent
 from edge_agent.config import load_settings
 from edge_agent.enroll import enroll
+from tests.control_plane.cp_helpers import record
 from tests.reliability.conftest import live_env
-from tests.reliability.helpers import bearer, record
+from tests.reliability.helpers import bearer
 
 ADMIN = f"qk_secrets_{uuid.uuid4().hex}"
 
