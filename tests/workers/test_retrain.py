@@ -14,7 +14,7 @@ from tests.tiny_model import device_sketches, tiny_checkpoint
 from workers import export
 from workers.errors import CalibrationError, PolicyError
 from workers.policy import Policy
-from workers.retrain import MODEL_FILE, retrain
+from workers.retrain import MODEL_FILE, retrain, shadow_floor
 
 POLICY = Policy(kl_budget=0.1, min_compression=2.0, compute="fp32", search_steps=4)
 
@@ -39,6 +39,9 @@ def test_retrain_from_sketches_gives_a_signed_verifiable_artifact(tiny, sketches
     assert m.metrics["compression_ratio"] >= POLICY.min_compression
     assert m.metrics["artifact_bytes"] == len(r.files[MODEL_FILE])
     assert len(m.hist_edges) == m.stem_shape[0] == 8
+    # the shadow check asks no more agreement with the base than the version showed on the device's data
+    assert m.floors.shadow_agreement_min == shadow_floor(m.metrics["calibration_agreement"])
+    assert m.floors.shadow_agreement_min <= min(0.9, m.metrics["calibration_agreement"])
     assert r.candidates and all("kl" in c and "compression_ratio" in c for c in r.candidates)
     (tmp_path / MODEL_FILE).write_bytes(r.files[MODEL_FILE])
     path = artifact.materialize(m, tmp_path, tmp_path / "run")
@@ -71,3 +74,9 @@ def test_sketches_of_another_base_model_or_stem_are_rejected_with_a_clear_error(
     raw = device_sketches(tiny, "dev-1", 1)[0]
     with pytest.raises(WireFormatError, match="malformed sketch"):
         parse_sketch(raw[:-7])
+
+
+def test_the_shadow_floor_is_the_default_unless_the_version_agreed_less_on_the_device_data():
+    assert shadow_floor(0.99) == 0.9
+    assert shadow_floor(0.90) == pytest.approx(0.90 - 1.645 * (0.9 * 0.1 / 256) ** 0.5)  # about 0.875
+    assert shadow_floor(0.60) < 0.6
