@@ -47,6 +47,7 @@ class AsyncBus:
         self.prefix = prefix
         self.rate_limit_per_minute = rate_limit_per_minute
         self.redis = None  # redis.asyncio.Redis when configured
+        self._closing = False  # set by close(): the background loops stop
         self._local_limiter = LocalRateLimiter(rate_limit_per_minute)
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._subscriber: asyncio.Task[None] | None = None
@@ -69,11 +70,19 @@ class AsyncBus:
                 self._rate_sync = asyncio.create_task(self._sync_rate_limits(), name="rate-limit-sync")
 
     async def close(self) -> None:
+        self._closing = True
         for task in (self._subscriber, self._rate_sync):
             if task:
+                # redis-py's get_message(timeout=...) can swallow a cancellation that lands as its own
+                # timeout fires, and the loop goes on: a shutdown then waited forever. Cancel again
+                # until the task is done (the subscriber also stops at `_closing`).
                 task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=2.0)
+                while not done:
+                    task.cancel()
+                    done, _ = await asyncio.wait({task}, timeout=2.0)
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                    task.result()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -133,13 +142,13 @@ class AsyncBus:
     async def _subscribe(self) -> None:
         channel = C.key(self.prefix, C.ASSIGNMENT_CHANNEL)
         backoff = 0.5
-        while True:
+        while not self._closing:
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[union-attr]
                 await pubsub.subscribe(channel)
                 backoff = 0.5
                 try:
-                    while True:
+                    while not self._closing:
                         msg = await pubsub.get_message(timeout=1.0)
                         if msg and msg.get("type") == "message":
                             data = msg["data"]
