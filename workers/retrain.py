@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from qsae_shared import artifact
+from qsae_shared.accuracy import Z_ONE_SIDED_95
 from qsae_shared.compression import compression_ratio
 from qsae_shared.data import preprocessing_spec
 from qsae_shared.manifest import FileEntry, Manifest, PolicyFloors
@@ -160,7 +161,7 @@ def shadow_floor(agreement: float, default: float = PolicyFloors.shadow_agreemen
     1.645 standard errors of a 256-input measurement. On hard data (rain: the base is 81 % right) a
     version within 1 pp of the base's accuracy still disagrees with it on about a tenth of the
     inputs, and a fixed 0.9 refused such versions at random."""
-    return min(default, agreement - 1.645 * math.sqrt(agreement * (1 - agreement) / SHADOW_INPUTS))
+    return min(default, agreement - Z_ONE_SIDED_95 * math.sqrt(agreement * (1 - agreement) / SHADOW_INPUTS))
 
 
 def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, policy: Policy,
