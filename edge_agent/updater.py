@@ -69,6 +69,11 @@ class PairedComparison:
     gained: int  # labelled inputs only the current version got right
 
 
+def _lost_gained(right_old: np.ndarray, right_new: np.ndarray) -> tuple[int, int]:
+    """Of the same labelled inputs: how many only the old version got right, and only the new one."""
+    return int((right_old & ~right_new).sum()), int((right_new & ~right_old).sum())
+
+
 def manifest_digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
@@ -248,8 +253,8 @@ class Updater:
         if labelled.sum() >= MIN_LABELS:
             right_cur, right_new = cur[labelled] == y[labelled], new[labelled] == y[labelled]
             acc_cur, acc_new = float(right_cur.mean()), float(right_new.mean())
-            if significant_paired_drop(int((right_cur & ~right_new).sum()), int((right_new & ~right_cur).sum()),
-                                       int(labelled.sum()), floors.rollback_accuracy_drop_pp / 100):
+            if significant_paired_drop(*_lost_gained(right_cur, right_new), int(labelled.sum()),
+                                       floors.rollback_accuracy_drop_pp / 100):
                 self.store.prune(self._keep())
                 raise InstallError(f"shadow evaluation: accuracy {acc_new:.3f} vs {acc_cur:.3f} on "
                                           f"{int(labelled.sum())} labelled recent inputs", final=True)
@@ -356,6 +361,7 @@ class Updater:
         right_new, right_old = p_new.argmax(1) == y, p_old.argmax(1) == y
         est_new, est_old = current.estimator.per_prediction(p_new.max(1)), old.estimator.per_prediction(p_old.max(1))
         differ = p_new.argmax(1) != p_old.argmax(1)
+        lost, gained = _lost_gained(right_old[labelled], right_new[labelled])
         return PairedComparison(
             inputs=len(x), agreement=float(1 - differ.mean()),
             estimated_current=float(est_new.mean()), estimated_previous=float(est_old.mean()),
@@ -363,7 +369,7 @@ class Updater:
             labelled=int(labelled.sum()),
             labelled_current=float(right_new[labelled].mean()) if labelled.any() else 0.0,
             labelled_previous=float(right_old[labelled].mean()) if labelled.any() else 0.0,
-            lost=int((right_old & ~right_new)[labelled].sum()), gained=int((right_new & ~right_old)[labelled].sum()))
+            lost=lost, gained=gained)
 
     def rollback(self, reason: str) -> bool:
         """Go back to the last known good version; False when there is none to go back to."""
