@@ -22,6 +22,7 @@ import pytest
 
 from control_plane.controller.loop import Controller, ControllerConfig
 from control_plane.services import FleetStore
+from control_plane.services.events import list_events
 from control_plane.settings import Settings
 from edge_agent.simulator import SimClock, SimulationConfig, assign_version, build_agents
 from qsae_shared.distributions import profiles_from_scenario
@@ -123,8 +124,6 @@ def agents(fleet, scenario, name):
 
 def history(store, device_id):
     """What a failed wait shows: the device's jobs and its newest events."""
-    from control_plane.services.events import list_events
-
     jobs = [(j.id, j.status, j.trigger_reason, (j.result or {}).get("decision"), j.error)
             for j in store.list_jobs(device_id=device_id)]
     events = store.db.run(lambda s: [(e.kind, e.version_id, e.reason) for e in list_events(s, device_id, 20)])
@@ -192,8 +191,6 @@ def test_drift_triggers_a_retrain_that_is_registered_and_installed(fleet):
     assert job.trigger_reason.split()[0] in ("drift", "labelled", "estimated", "initial:"), job.trigger_reason
     # ... and only once the device ran the base: the new version is shadow-evaluated against the
     # base, not against the stale version it replaces.
-    from control_plane.services.events import list_events
-
     def utc(t):
         return (t if t.tzinfo else t.replace(tzinfo=datetime.UTC)).timestamp()
 
