@@ -29,6 +29,8 @@ class Calibration:
     # the same for every candidate the search builds
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)
     source: str = ""  # where it came from, for logs and reports
+    # the re-fit's systems of layers whose inputs do not depend on the candidate (recovery.least_squares)
+    systems: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> int:

@@ -51,11 +51,20 @@ class RecoveryConfig:
 
 def _design(layer: nn.Module, x: torch.Tensor, rows: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Input vectors of a layer: (M, D) and, for conv, the (N, L) positions picked (for targets)."""
-    if isinstance(layer, nn.Conv2d):
-        cols = F.unfold(x, layer.kernel_size, padding=layer.padding)  # (N, D, L)
-        n, _d, ell = cols.shape
+    if isinstance(layer, nn.Conv2d):  # stride 1: the rows F.unfold would give, only those picked
+        n, c, h, w = x.shape
+        (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
+        oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+        ell = oh * ow
         pick = torch.randperm(n * ell, generator=gen)[:rows] if n * ell > rows else torch.arange(n * ell)
-        return cols[pick // ell, :, pick % ell], pick  # (M, D)
+        img, pos = pick // ell, pick % ell
+        hp, wp = h + 2 * ph, w + 2 * pw
+        corner = img * (hp * wp) + (pos // ow) * wp + pos % ow  # top-left pixel of each patch
+        offsets = (torch.arange(kh)[:, None] * wp + torch.arange(kw)[None, :]).reshape(-1)  # (kh*kw,)
+        pixels = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).reshape(-1, c)  # (N*hp*wp, C)
+        patches = pixels.index_select(0, (corner[:, None] + offsets[None, :]).reshape(-1))
+        patches = patches.reshape(len(pick), kh * kw, c).transpose(1, 2)  # (M, C, kh*kw)
+        return patches.reshape(len(pick), -1), pick  # (M, C*kh*kw), unfold's column order
     return x.reshape(x.shape[0], -1), None
 
 
@@ -69,17 +78,40 @@ def _targets(out: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:
     return out
 
 
+class LayerSystem:
+    """One layer's least-squares system on one set of inputs: the design rows with a bias column,
+    the dense targets of every output unit, the ridge strength, and the products the solves need
+    (each computed on first use, then kept: the first layer after the stem sees the same inputs for
+    every candidate of a search, so its system is built once per calibration set)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, damp: float) -> None:
+        self.a = torch.cat([x.float(), torch.ones(len(x), 1)], 1)  # (M, D+1)
+        self.y = y.float()  # (M, dense outputs)
+        self.lam = damp * float((x.double() ** 2).sum(0).mean().clamp_min(1e-12))  # damp * mean diag(X^T X)
+        self._products: dict[str, torch.Tensor] = {}
+
+    def product(self, name: str) -> torch.Tensor:
+        p = self._products
+        if name not in p:
+            if name in ("gram", "rhs"):  # the primal: float32 products, solved in float64
+                p["gram"] = (self.a.T @ self.a).double()  # (D+1, D+1)
+                p["rhs"] = (self.a.T @ self.y).double()  # (D+1, dense outputs)
+            else:  # the dual (M x M)
+                p["a64"] = self.a.double()
+                p["k"] = (self.a @ self.a.T).double()
+                p["y64"] = self.y.double()
+        return p[name]
+
+
 @torch.no_grad()
-def refit_layer(layer: nn.Module, mask: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor,
-                damp: float) -> None:
-    """Ridge re-fit of `layer` (weights + bias) so that layer(x) ~= y, kept weights only.
-    x: (M, D) inputs, y: (M, out) targets."""
+def refit_layer(layer: nn.Module, mask: torch.Tensor | None, system: LayerSystem,
+                units: np.ndarray | None = None) -> None:
+    """Ridge re-fit of `layer` (weights + bias) so that it reproduces the system's targets on the
+    system's inputs, kept weights only. units: the dense output units `layer` kept (None: all)."""
     w0 = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()  # (out, D)
     out, d = w0.shape
-    a = torch.cat([x.float(), torch.ones(len(x), 1)], 1)  # (M, D+1)
-    gram = (a.T @ a).double()  # (D+1, D+1), float32 products, solved in float64
-    rhs = (a.T @ y.float()).double()  # (D+1, out)
-    lam = damp * float(torch.diagonal(gram)[:d].mean().clamp_min(1e-12))
+    a, lam = system.a, system.lam
+    cols = torch.arange(out) if units is None else torch.from_numpy(units)  # target columns of the rows
     w0b = torch.cat([w0, layer.bias.detach().double()[:, None]], 1)  # (out, D+1)
     m = (mask.reshape(out, -1) if mask is not None else torch.ones(out, d, dtype=torch.bool))
     m = torch.cat([m, torch.ones(out, 1, dtype=torch.bool)], 1)  # bias always kept
@@ -88,15 +120,14 @@ def refit_layer(layer: nn.Module, mask: torch.Tensor | None, x: torch.Tensor, y:
     keys: dict[bytes, list[int]] = {}
     for i in range(out):
         keys.setdefault(np.packbits(m[i].numpy()).tobytes(), []).append(i)
-    dual: dict[str, torch.Tensor] = {}
     for idx in keys.values():
         s = m[idx[0]].nonzero().squeeze(1)  # kept columns of these rows
         if len(s) > len(a):  # more kept inputs than samples: the M x M dual system is cheaper
-            sol = _dual_rows(a, y, w0b, idx, s, m[idx[0]], lam, dual)
+            sol = _dual_rows(system, cols[idx], w0b, idx, s, m[idx[0]])
         else:
-            lhs = gram[s[:, None], s[None, :]]
+            lhs = system.product("gram")[s[:, None], s[None, :]]
             lhs.diagonal().add_(lam)
-            b = rhs[s][:, idx] + lam * w0b[idx][:, s].T  # (|S|, r)
+            b = system.product("rhs")[s][:, cols[idx]] + lam * w0b[idx][:, s].T  # (|S|, r)
             sol = _spd_solve(lhs, b)
         new[np.ix_(idx, s.numpy())] = sol.T
     layer.weight.copy_(new[:, :d].reshape(layer.weight.shape).to(layer.weight.dtype))
@@ -108,26 +139,22 @@ def _spd_solve(lhs: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(b, chol) if int(info) == 0 else torch.linalg.lstsq(lhs, b).solution
 
 
-def _dual_rows(a: torch.Tensor, y: torch.Tensor, w0b: torch.Tensor, idx: list[int], s: torch.Tensor,
-               keep: torch.Tensor, lam: float, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+def _dual_rows(system: LayerSystem, targets: torch.Tensor, w0b: torch.Tensor, idx: list[int],
+               s: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The same ridge solution through the push-through identity:
     w_S = w0_S + A_S^T (A_S A_S^T + l I)^-1 (y - A_S w0_S). Returns (|S|, r)."""
-    if "a" not in cache:
-        cache["a"] = a.double()  # (M, D+1)
-        cache["k"] = (a @ a.T).double()  # (M, M): float32 products, as the primal Gram
-        cache["y"] = y.double()
-    ad = cache["a"]
-    a_s = ad[:, s]  # (M, |S|)
+    a = system.a
+    a_s = system.product("a64")[:, s]  # (M, |S|)
     dropped = (~keep).nonzero().squeeze(1)
     if len(dropped) < len(s):  # K_S = K - A_dropped A_dropped^T
         a_c = a[:, dropped]
-        k = cache["k"] - (a_c @ a_c.T).double()
+        k = system.product("k") - (a_c @ a_c.T).double()
     else:
         a_s32 = a[:, s]
         k = (a_s32 @ a_s32.T).double()
-    k.diagonal().add_(lam)
+    k.diagonal().add_(system.lam)
     w0_s = w0b[idx][:, s]  # (r, |S|)
-    resid = cache["y"][:, idx] - a_s @ w0_s.T  # (M, r)
+    resid = system.product("y64")[:, targets] - a_s @ w0_s.T  # (M, r)
     return w0_s.T + a_s.T @ _spd_solve(k, resid)
 
 
@@ -139,11 +166,18 @@ def least_squares(pruned: Pruned, dense: nn.Sequential, dense_spec: nets.Spec, c
     for i in range(dense_spec["stem_end"], len(dense_spec["layers"])):
         layer_p = pruned.net[i]
         if isinstance(layer_p, (nn.Conv2d, nn.Linear)):
-            y_full = calib.outputs[i] if i in calib.outputs else dense[i](calib.inputs[i])  # (N, C_dense, ...)
-            rows = pruned.keep.get(i)
-            y_kept = y_full[:, torch.from_numpy(rows)] if rows is not None else y_full
-            x, pick = _design(layer_p, h_p, cfg.max_rows, gen)
-            refit_layer(layer_p, pruned.masks.get(i), x, _targets(y_kept, pick), cfg.damp)
+            fixed = h_p is calib.stem_out  # the first layer after the stem: the same inputs every time
+            key = (i, cfg.max_rows, cfg.damp, cfg.seed)
+            if fixed and key in calib.systems:
+                system, state = calib.systems[key]
+                gen.set_state(state)  # as if its rows had just been drawn
+            else:
+                y_full = calib.outputs[i] if i in calib.outputs else dense[i](calib.inputs[i])  # (N, C_dense, ...)
+                x, pick = _design(layer_p, h_p, cfg.max_rows, gen)
+                system = LayerSystem(x, _targets(y_full, pick), cfg.damp)
+                if fixed:
+                    calib.systems[key] = (system, gen.get_state())
+            refit_layer(layer_p, pruned.masks.get(i), system, pruned.keep.get(i))
             if cfg.quantize:
                 layer_p.weight.copy_(round_trip(layer_p.weight))
         h_p = layer_p(h_p)
