@@ -1,7 +1,7 @@
 """Compression against accuracy, per method, policy, scenario and calibration.
 
     python -m benchmarks.compression [--quick] [--seeds N] [--default-only] [--budgets B,B,...]
-                                     [--scenarios S,S,...] [--validation] [--align N] [--json PATH]
+                                     [--scenarios S,S,...] [--validation] [--align N] [--damp D] [--json PATH]
                                      [--mlflow URI]
 
 Calibration goes through sketches built by the agent's own `SketchBuilder` from the stem outputs
@@ -19,7 +19,8 @@ distribution instead of the test split: that is how the default KL budget is cho
 (with `--default-only`, the default policy at each budget is recorded on `full`, `policy` =
 `kl_budget=B`). Rows carry `split` (`test` or `validation`). `--align N` runs every policy with
 the schedule's width alignment set to N instead of the default's (a candidate default, judged on
-validation before it is adopted); rows carry `align`.
+validation before it is adopted); rows carry `align`. `--damp D` does the same for the ridge
+strength of the least-squares re-fit; rows carry `damp`.
 """
 
 from __future__ import annotations
@@ -52,11 +53,16 @@ COLUMNS = [("scenario", "{}"), ("calibration", "{}"), ("method", "{}"), ("policy
 class Bench:
     def __init__(self, quick: bool, seed: int, default_only: bool = False,
                  budgets: tuple[float, ...] | None = None, validation: bool = False,
-                 align: int | None = None) -> None:
+                 align: int | None = None, damp: float | None = None) -> None:
         self.quick = quick
-        # The default policy this run stands for: the product's, or it with another width alignment.
-        self.policy = DEFAULT_POLICY if align is None else replace(
-            DEFAULT_POLICY, schedule=replace(DEFAULT_POLICY.schedule, align=align))
+        # The default policy this run stands for: the product's, or it with another width alignment
+        # or ridge strength (candidates for the default, judged on validation before adoption).
+        policy = DEFAULT_POLICY
+        if align is not None:
+            policy = replace(policy, schedule=replace(policy.schedule, align=align))
+        if damp is not None:
+            policy = replace(policy, recovery=replace(policy.recovery, damp=damp))
+        self.policy = policy
         self.default_only = default_only
         self.seed = seed
         self.budgets = budgets if budgets is not None else (0.05,) if quick else BUDGETS
@@ -113,6 +119,7 @@ class Bench:
             "method": method or (cand.method if cand is not None else "?"), "policy": policy_name,
             "target": target, "default_policy": default, "calibration": calibration,
             "label_free": label_free, "split": self.split, "align": self.policy.schedule.align,
+            "damp": self.policy.recovery.damp,
             "compression_ratio": compression_ratio(nets.param_count(self.ck.spec), len(blob)),
             "artifact_bytes": len(blob),
             "runtime_weight_bytes": artifact.runtime_weight_bytes(artifact.unpack(blob)),
@@ -225,13 +232,15 @@ def main() -> None:
                    help="evaluate on held-out training images instead of the test split (choosing the budget)")
     p.add_argument("--align", type=int, default=None,
                    help="width alignment of every policy's schedule (default: the default policy's)")
+    p.add_argument("--damp", type=float, default=None,
+                   help="ridge strength of every policy's least-squares re-fit (default: the default policy's)")
     args = p.parse_args()
     budgets = None if args.budgets is None else tuple(float(b) for b in args.budgets.split(",") if b)
     common.setup(args.threads)
     t0 = time.perf_counter()
     rows: list[dict] = []
     for seed in range(args.seeds):
-        bench = Bench(args.quick, seed, args.default_only, budgets, args.validation, args.align)
+        bench = Bench(args.quick, seed, args.default_only, budgets, args.validation, args.align, args.damp)
         chosen = bench.full()
         scen = ("classes-footwear", "corrupt-contrast-noise") if args.quick else DEVICE_SCENARIOS
         if args.scenarios is not None:
@@ -244,7 +253,7 @@ def main() -> None:
                           default_policy=bench.policy.describe(), seconds=time.perf_counter() - t0)
     common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows,
                       params=("model", "scenario", "seed", "method", "policy", "target", "calibration",
-                              "default_policy", "label_free", "align"),
+                              "default_policy", "label_free", "align", "damp"),
                       metrics=("compression_ratio", "artifact_bytes", "runtime_weight_bytes", "params_kept",
                                "macs", "sketch_bytes", "accuracy", "dense_accuracy", "drop_pp", "kl", "seconds"))
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class RecoveryConfig:
     lsq: bool = True  # layer-wise least-squares re-fit
     distill_steps: int = 0  # Adam steps of output distillation after the re-fit (0 = off)
-    damp: float = 0.01  # ridge strength relative to the mean diagonal of X^T X
+    damp: float = 0.1  # ridge strength relative to the mean diagonal of X^T X (chosen on validation, method.md §9)
     max_rows: int = 8192  # at most this many input vectors per layer (conv positions are many)
     quantize: bool = True  # round each re-fitted layer to int8 before fitting the next
     distill_lr: float = 5e-4  # Adam learning rate of the distillation
