@@ -9,6 +9,7 @@ Redis it assumes it is alone (the embedded default).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -84,6 +85,11 @@ def split_windows(records: list[TelemetryPublic], version: str | None, since: fl
     return window(baseline), window(recent)
 
 
+def _server_time(t: dt.datetime) -> float:
+    """Seconds since the epoch of a time the server stored (UTC; SQLite returns it without a zone)."""
+    return (t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)).timestamp()
+
+
 class Controller:
     def __init__(self, store: FleetStore, config: ControllerConfig | None = None) -> None:
         self.store = store
@@ -148,25 +154,29 @@ class Controller:
         newest = max(sketches, key=lambda s: (s.window_end, s.seq)) if sketches else None
 
         events = self.store.db.run(event_service.list_events, device.id, 200)  # newest first
-        reference, deployed_at, base_version = None, None, ""
+        # Two clocks: `deployed_at` is the server's (the interval trigger compares it with `now`),
+        # `windows_since` the agent's (telemetry windows carry the agent's times).
+        reference, deployed_at, windows_since, base_version = None, None, None, ""
         if device.deployed_version:
             manifest = self.store.version_manifest(device.deployed_version)
             base_version = manifest.base_version
             if manifest.device_id is not None:  # a pruned version built for this device
-                deployed_at = self._applied_at(events, device.deployed_version)
-                if deployed_at is None:  # its `applied` event is still in the agent's outbox
-                    deployed_at = self.store.get_version(device.deployed_version).created_at.timestamp()
+                applied = self._applied(events, device.deployed_version)
+                if applied is not None:
+                    deployed_at, windows_since = _server_time(applied.received_at), float(applied.at)
+                else:  # its `applied` event is still in the agent's outbox: all its telemetry is since
+                    deployed_at = _server_time(self.store.get_version(device.deployed_version).created_at)
                 ref = manifest.extra.get("reference_hist")
                 reference = None if ref is None else np.asarray(ref, dtype=np.float64)
         telemetry = self.store.recent_telemetry(device.id, limit=500)
-        baseline, recent = split_windows(telemetry, device.deployed_version, deployed_at,
+        baseline, recent = split_windows(telemetry, device.deployed_version, windows_since,
                                          self.config.min_inferences)
         latest_hist = newest.hist_counts if newest is not None else None
         if reference is not None and latest_hist is not None and reference.shape != latest_hist.shape:
             reference = None
         state = DeviceState(
             device_id=device.id, now=now, has_active_job=active,
-            last_job_at=last_job.created_at.timestamp() if last_job else None,
+            last_job_at=_server_time(last_job.created_at) if last_job else None,
             deployed_at=deployed_at if deployed_at is not None or not device.deployed_version else None,
             baseline=baseline, recent=recent, reference_hist=reference, latest_hist=latest_hist,
             has_sketches=fresh_samples >= self.min_fresh_samples)
@@ -252,10 +262,10 @@ class Controller:
         return version_id is not None and any(e.version_id == version_id and e.kind in FAILED_KINDS for e in events)
 
     @staticmethod
-    def _applied_at(events: list[DeviceEvent], version_id: str) -> float | None:
+    def _applied(events: list[DeviceEvent], version_id: str) -> DeviceEvent | None:
         for e in events:  # newest first
             if e.kind == "applied" and e.version_id == version_id:
-                return float(e.at)
+                return e
         return None
 
     # --- rollouts ----------------------------------------------------------------------------
@@ -263,10 +273,10 @@ class Controller:
         drop_pp = float(rollout.thresholds.get("max_accuracy_drop_pp", 2.0))
         healthy = failed = 0
         device_ids = self.store.rollout_device_ids(rollout.id)
-        since = rollout.created_at.timestamp()
-        for device_id in device_ids:
+        since = _server_time(rollout.created_at)
+        for device_id in device_ids:  # when the server received an event: a device's clock may be off
             events = [e for e in self.store.db.run(event_service.list_events, device_id, 200)
-                      if e.version_id == rollout.version_id and e.at >= since - 5]
+                      if e.version_id == rollout.version_id and _server_time(e.received_at) >= since]
             if any(e.kind in FAILED_KINDS for e in events):
                 failed += 1
                 continue
