@@ -51,7 +51,8 @@ class Policy:
         return {"mode": self.mode, "kl_budget": self.kl_budget,
                 "target_compression": self.target_compression,
                 "min_compression": self.min_compression, "criteria": list(self.criteria),
-                "recovery": self.recovery.name, "structured_share": self.schedule.structured_share,
+                "recovery": self.recovery.name, "recovery_damp": self.recovery.damp,
+                "structured_share": self.schedule.structured_share,
                 "align": self.schedule.align,
                 "qsae_lambda": self.qsae.lam, "qsae_hidden_ratio": self.qsae.hidden_ratio,
                 "compute": self.compute}
