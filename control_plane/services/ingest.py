@@ -9,7 +9,9 @@ On PostgreSQL the writer owns one asyncpg connection and sends a batch as a sing
 `last_seen_at` / `deployed_version` are derived state: they are collected in memory and written by
 a background task every `touch_interval_s` in their own transaction (rows in id order), never in
 the way of an ack; a device written less than TOUCH_MIN_AGE_S ago with an unchanged version is
-skipped. With `touch_interval_s=0` they are written before the acks (tests, demos)."""
+skipped. With `touch_interval_s=0` they are written before the acks (tests, demos). A touch does
+not overwrite the version an `applied` event recorded after the touch's telemetry was received: the
+agent sends in order, so that telemetry came from the version before (it would set it back)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, text, update
+from sqlalchemy import and_, bindparam, case, func, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -53,7 +55,8 @@ _PG_TOUCH_LOCK = text("SELECT id FROM devices WHERE id = ANY(CAST(:ids AS varcha
                       "FOR NO KEY UPDATE")  # not FOR UPDATE: that would block inserts' FK checks
 _PG_TOUCH = text("""
 UPDATE devices AS d SET last_seen_at = GREATEST(d.last_seen_at, t.seen),
-       deployed_version = COALESCE(t.ver, d.deployed_version)
+       deployed_version = CASE WHEN d.last_event_kind = 'applied' AND d.last_event_at > t.seen
+                               THEN d.deployed_version ELSE COALESCE(t.ver, d.deployed_version) END
 FROM unnest(CAST(:ids AS varchar[]), CAST(:seen AS timestamptz[]), CAST(:vers AS varchar[])) AS t(id, seen, ver)
 WHERE d.id = t.id
 """)
@@ -80,9 +83,12 @@ class TelemetryWriter:
         self.postgres = engine.dialect.name == "postgresql"
         self._pg: Any = None  # the writer's own asyncpg connection
         self._insert = sqlite_insert(_TELEMETRY).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+        applied_since = and_(_DEVICES.c.last_event_kind == "applied", _DEVICES.c.last_event_at > bindparam("b_seen"))
         self._touch = (update(_DEVICES).where(_DEVICES.c.id == bindparam("b_id"))
                        .values(last_seen_at=bindparam("b_seen"),
-                               deployed_version=func.coalesce(bindparam("b_version"), _DEVICES.c.deployed_version)))
+                               deployed_version=case((applied_since, _DEVICES.c.deployed_version),
+                                                     else_=func.coalesce(bindparam("b_version"),
+                                                                         _DEVICES.c.deployed_version))))
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

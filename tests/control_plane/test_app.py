@@ -216,6 +216,38 @@ def test_device_touches_are_written_in_the_background(settings):
         st.close()
 
 
+def test_telemetry_sent_before_an_install_does_not_set_the_version_back(settings):
+    """The agent sends in order: the old version's last window, then `applied`. Touches are written
+    later, in the background, and must not undo what the event recorded; a rollback's telemetry,
+    received after the event, still moves the version."""
+    from control_plane.services import auth
+    from control_plane.services.store import FleetStore
+
+    slow = settings.model_copy(update={"touch_interval_s": 3600.0})  # touches written at shutdown
+    st = FleetStore(slow)
+    key = st.db.run(auth.create_api_key, name="o", role="operator", actor="t")[1]
+
+    def send(c, d, telemetry=None, event=None):
+        if telemetry is not None:
+            r = c.post(f"/api/v1/devices/{d.id}/telemetry", headers=d.auth,
+                       json={"records": [record(telemetry[0], deployed_version=telemetry[1])]})
+            assert r.status_code == 200, r.text
+        if event is not None:
+            r = c.post(f"/api/v1/devices/{d.id}/events", headers=d.auth, json={"events": [
+                {"uuid": str(uuid.uuid4()), "kind": event[0], "version_id": event[1], "reason": "", "at": time.time()}]})
+            assert r.status_code == 200, r.text
+
+    with TestClient(create_app(slow)) as c:
+        d = make_device(c, {"operator": key})
+        send(c, d, telemetry=(0, "v-old"), event=("applied", "v-new"))
+    assert st.get_device(d.id).deployed_version == "v-new"
+    with TestClient(create_app(slow)) as c:
+        send(c, d, event=("rolled_back", "v-new"))
+        send(c, d, telemetry=(1, "v-old"))
+    assert st.get_device(d.id).deployed_version == "v-old"
+    st.close()
+
+
 def test_rate_limit_is_shared_between_replicas_through_redis(settings):
     shared = settings.model_copy(update={"rate_limit_per_minute": 3, "redis_prefix": f"{settings.redis_prefix}rl:"})
     with TestClient(create_app(shared)) as a, TestClient(create_app(shared)) as b:
