@@ -11,6 +11,7 @@ import logging
 import secrets
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -62,6 +63,18 @@ def wait_healthy(url: str, timeout_s: float, step_s: float = 0.2,
             pass
         time.sleep(step_s)
     return False
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 10.0) -> None:
+    """Ask a child process to exit (SIGTERM), and kill it if it has not within `timeout_s`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _base_checkpoint(quick: bool) -> Any:

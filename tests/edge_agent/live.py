@@ -4,7 +4,6 @@ SQLite state folder, plus the worker-side data-access layer (FleetStore) to publ
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,7 +13,7 @@ from typing import Any
 import httpx
 
 from qsae_shared.manifest import Manifest
-from workers.demo import free_port, wait_healthy
+from workers.demo import free_port, stop_process, wait_healthy
 
 ADMIN_KEY = "qk_edge_agent_tests_admin_key_0001"
 BASE_MODEL = "tiny-cnn"  # tests.tiny_model: what the kit fixture exports
@@ -49,13 +48,7 @@ class LiveControlPlane:
         raise RuntimeError("control plane did not become healthy")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def close(self) -> None:

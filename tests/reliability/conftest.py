@@ -22,7 +22,7 @@ from control_plane.settings import Settings
 from tests.control_plane.cp_helpers import REDIS_URL, redis_key_prefix
 from tests.reliability.helpers import ROOT, Dev, bearer, new_device
 from tests.scratch_db import scratch_postgres
-from workers.demo import free_port, wait_healthy
+from workers.demo import free_port, stop_process, wait_healthy
 
 ROLES = ("viewer", "operator", "admin")
 
@@ -96,13 +96,7 @@ class LiveServer:
         raise RuntimeError(f"control plane did not become ready: {log.read_text()[-2000:]}")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def live_env(settings: Settings, admin_key: str, **extra: str) -> dict[str, str]:
