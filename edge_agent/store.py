@@ -35,9 +35,11 @@ class Pointer:
     current: str | None = None  # version serving now
     last_known_good: str | None = None  # version to roll back to (passed its probation)
     probation: dict[str, Any] | None = None  # set while `current` is being watched after a swap
+    reference: str | None = None  # the base model's version: what shadow evaluation compares against
 
     def to_dict(self) -> dict[str, Any]:
-        return {"current": self.current, "last_known_good": self.last_known_good, "probation": self.probation}
+        return {"current": self.current, "last_known_good": self.last_known_good, "probation": self.probation,
+                "reference": self.reference}
 
 
 @dataclass
@@ -64,7 +66,7 @@ class ModelStore:
 
     def pointer(self) -> Pointer:
         doc = read_json(self.pointer_path, {}) or {}
-        return Pointer(doc.get("current"), doc.get("last_known_good"), doc.get("probation"))
+        return Pointer(doc.get("current"), doc.get("last_known_good"), doc.get("probation"), doc.get("reference"))
 
     def set_pointer(self, pointer: Pointer) -> None:
         atomic_write_json(self.pointer_path, pointer.to_dict())
@@ -121,7 +123,7 @@ class ModelStore:
         return materialize(manifest, d / "files", d / "runtime")
 
     def prune(self, keep: set[str]) -> None:
-        """Delete installed versions other than `keep` (the current and the last known good)."""
+        """Delete installed versions other than `keep` (the current, the last known good, the reference)."""
         for d in self.root.iterdir():
             if d.is_dir() and not d.name.startswith(".") and d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)

@@ -113,7 +113,7 @@ class Updater:
                 self.emit("failed", version, f"installed version no longer loads: {exc}")
                 continue
             if version != p.current:
-                self.store.set_pointer(Pointer(version, version, None))
+                self.store.set_pointer(Pointer(version, version, None, p.reference))
                 self.emit("rolled_back", p.current, f"current version failed to load; serving {version}")
             self.flush(self.runtime.swap(model))
             return
@@ -240,11 +240,14 @@ class Updater:
         floors = candidate.manifest.floors
         cur = current.run(x).logits.argmax(axis=1)
         new = candidate.run(x).logits.argmax(axis=1)
-        agreement = float((cur == new).mean())
+        # Agreement is judged against the base model, as the version's floor was set (its agreement
+        # with the base on the device's calibration data): the serving version may be one pruned
+        # for data the device no longer sees, and disagreeing with it is no reason to refuse.
+        judge = self._reference(current)
+        ref = cur if judge is current else judge.run(x).logits.argmax(axis=1)
+        agreement = float((ref == new).mean())
         labelled = y >= 0
-        detail = f"agreement {agreement:.3f} with {current.version} on {len(x)} recent inputs"
-        # The base model is what every version is pruned from and judged against: disagreeing with
-        # a version built for data the device no longer sees is no reason to refuse it.
+        detail = f"agreement {agreement:.3f} with {judge.version} on {len(x)} recent inputs"
         is_reference = bool(candidate.manifest.method.get("reference"))
         if agreement < floors.shadow_agreement_min and not is_reference:
             self.store.prune(self._keep())
@@ -260,6 +263,17 @@ class Updater:
                                           f"{int(labelled.sum())} labelled recent inputs", final=True)
         logger.info("device_id=%s model_version=%s shadow evaluation passed: %s", self.device_id,
                     candidate.version, detail)
+
+    def _reference(self, current: LoadedModel) -> LoadedModel:
+        """The base model's version if it is on disk and not the one serving, else `current`."""
+        ref = self.store.pointer().reference
+        if ref is None or ref == current.version:
+            return current
+        try:
+            return self._load(ref)
+        except (InstallError, ArtifactError, WireFormatError, OSError, KeyError) as exc:
+            logger.info("device_id=%s shadow evaluation without the reference %s: %s", self.device_id, ref, exc)
+            return current
 
     def _switch(self, candidate: LoadedModel) -> None:
         old = self.store.pointer()
@@ -278,7 +292,8 @@ class Updater:
                          "drop_pp": candidate.manifest.floors.rollback_accuracy_drop_pp}
         else:
             lkg = candidate.version  # the first model: nothing to roll back to
-        self.store.set_pointer(Pointer(candidate.version, lkg, probation))
+        reference = candidate.version if candidate.manifest.method.get("reference") else old.reference
+        self.store.set_pointer(Pointer(candidate.version, lkg, probation, reference))
         self.flush(self.runtime.swap(candidate))
         self.store.unblock(candidate.version)
         self.store.prune(self._keep())
@@ -289,7 +304,7 @@ class Updater:
 
     def _keep(self) -> set[str]:
         p = self.store.pointer()
-        return {v for v in (p.current, p.last_known_good) if v}
+        return {v for v in (p.current, p.last_known_good, p.reference) if v}
 
     # ----- after the swap -----
 
@@ -336,7 +351,7 @@ class Updater:
         waiting_for_labels = labels_expected and n < MIN_LABELS and stats.inferences < LABEL_WAIT_FACTOR * window
         if waiting_for_labels:
             return
-        self.store.set_pointer(Pointer(p.current, p.current, None))
+        self.store.set_pointer(Pointer(p.current, p.current, None, p.reference))
         self._previous = None
         self.store.prune(self._keep())
         logger.info("device_id=%s model_version=%s passed probation (estimated %s, labelled %s on %d)",
@@ -382,7 +397,7 @@ class Updater:
         except (InstallError, ArtifactError, WireFormatError, OSError) as exc:
             self.emit("failed", bad, f"rollback to {target} impossible: {exc}")
             return False
-        self.store.set_pointer(Pointer(target, target, None))
+        self.store.set_pointer(Pointer(target, target, None, p.reference))
         self._previous = None
         self.flush(self.runtime.swap(model))
         if bad:

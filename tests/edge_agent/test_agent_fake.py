@@ -231,6 +231,31 @@ def test_shadow_evaluation_refuses_a_model_that_disagrees(tmp_path, kit, images)
     assert "shadow evaluation: agreement" in event["reason"]
 
 
+def test_shadow_evaluation_judges_agreement_against_the_base_not_a_stale_version(tmp_path, kit, images):
+    server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)  # the base: the reference
+    x, _ = images
+    # A version that serves now but disagrees with the base on these inputs (as one pruned for data
+    # the device no longer sees would), let through by its own floor; no probation verdict yet.
+    stale = kit.key.sign_manifest(replace(kit.bad, floors=PolicyFloors(shadow_agreement_min=0.0,
+                                                                       rollback_window=10_000)))
+    serve_version(server, stale, kit.bad_bytes)
+    clock.t += 6
+    agent.tick()
+    assert agent.runtime.version == "v-bad"
+    agent.predict(x[:300])  # recent inputs
+    # The next version, re-pruned for the data the device sees: the base's answers, default floor.
+    fresh = kit.key.sign_manifest(replace(kit.good, version_id="v-fresh",
+                                          method={**kit.good.method, "reference": False}))
+    serve_version(server, fresh, kit.good_bytes)
+    clock.t += 6
+    agent.tick()
+    assert agent.runtime.version == "v-fresh", server.event_kinds("v-fresh")
+    applied = [server.events[u] for u in server.event_order
+               if server.events[u]["version_id"] == "v-fresh" and server.events[u]["kind"] == "applied"]
+    assert applied
+    assert "v-good" in agent.store.installed()  # the reference stays on disk for the next evaluation
+
+
 def test_regression_after_the_swap_rolls_back(tmp_path, kit, images):
     server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)
     x, y = images
