@@ -21,20 +21,22 @@ def _post_events(client, device, *events: tuple[str, str, float]) -> None:
 
 
 def test_a_rollout_counts_the_rollback_of_a_device_whose_clock_is_an_hour_behind(client, keys, store):
-    device = make_device(client, keys, labels={"cohort": "plant-a"})
+    cohort = f"plant-{uuid.uuid4().hex[:8]}"
+    device = make_device(client, keys, labels={"cohort": cohort})
     version = make_version(store, "v-fleet-2", None)
-    rollout = store.create_rollout(version, "plant-a", stages=(1.0, 1.0), thresholds={"max_failures": 1})
+    rollout = store.create_rollout(version, cohort, stages=(1.0, 1.0), thresholds={"max_failures": 1})
     assert store.rollout_device_ids(rollout.id) == [device.id]
     _post_events(client, device, ("rolled_back", version, time.time() - HOUR))
     assert Controller(store).check_rollout(rollout) is Action.ABORT
 
 
 def test_a_rollout_ignores_what_happened_to_the_version_before_it_began(client, keys, store):
-    device = make_device(client, keys, labels={"cohort": "plant-b"})
+    cohort = f"plant-{uuid.uuid4().hex[:8]}"
+    device = make_device(client, keys, labels={"cohort": cohort})
     version = make_version(store, "v-fleet-3", None)
     _post_events(client, device, ("rolled_back", version, time.time()))  # an earlier, manual try
     time.sleep(0.01)
-    rollout = store.create_rollout(version, "plant-b", stages=(1.0, 1.0), thresholds={"max_failures": 1})
+    rollout = store.create_rollout(version, cohort, stages=(1.0, 1.0), thresholds={"max_failures": 1})
     assert Controller(store).check_rollout(rollout) is Action.WAIT  # nothing reported since
 
 
