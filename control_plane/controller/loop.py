@@ -194,8 +194,8 @@ class Controller:
             self.store.record_drift(device.id, decision.drift)
         if deployed_at is not None and policy.extra.get("fallback_on_drift", True) and \
                 self._fall_back(device, base_version, decision):
-            # The re-prune waits until the device runs the base: a version that landed while the stale
-            # one still served would be shadow-evaluated against the stale one, and refused.
+            # The re-prune waits until the device runs the base: an agent without the base on disk (a
+            # pointer.json from before it kept one) shadow-evaluates against the serving, stale version.
             return []
         if not decision.enqueue:
             if decision.reasons and decision.blocked:

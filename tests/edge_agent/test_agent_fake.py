@@ -231,17 +231,21 @@ def test_shadow_evaluation_refuses_a_model_that_disagrees(tmp_path, kit, images)
     assert "shadow evaluation: agreement" in event["reason"]
 
 
+def install_wrong_twin_past_its_floor(server, clock, agent, kit, rollback_window):
+    """Serve v-bad (confidently wrong) with an agreement floor of 0 and let the agent install it."""
+    floors = PolicyFloors(shadow_agreement_min=0.0, rollback_window=rollback_window)
+    serve_version(server, kit.key.sign_manifest(replace(kit.bad, floors=floors)), kit.bad_bytes)
+    clock.t += 6  # the next assignment poll
+    agent.tick()
+    assert agent.runtime.version == "v-bad"
+
+
 def test_shadow_evaluation_judges_agreement_against_the_base_not_a_stale_version(tmp_path, kit, images):
     server, clock, agent = serving_agent(tmp_path, kit, kit.good, kit.good_bytes)  # the base: the reference
     x, _ = images
     # A version that serves now but disagrees with the base on these inputs (as one pruned for data
-    # the device no longer sees would), let through by its own floor; no probation verdict yet.
-    stale = kit.key.sign_manifest(replace(kit.bad, floors=PolicyFloors(shadow_agreement_min=0.0,
-                                                                       rollback_window=10_000)))
-    serve_version(server, stale, kit.bad_bytes)
-    clock.t += 6
-    agent.tick()
-    assert agent.runtime.version == "v-bad"
+    # the device no longer sees would); no probation verdict yet.
+    install_wrong_twin_past_its_floor(server, clock, agent, kit, rollback_window=10_000)
     agent.predict(x[:300])  # recent inputs
     # The next version, re-pruned for the data the device sees: the base's answers, default floor.
     fresh = kit.key.sign_manifest(replace(kit.good, version_id="v-fresh",
@@ -250,9 +254,7 @@ def test_shadow_evaluation_judges_agreement_against_the_base_not_a_stale_version
     clock.t += 6
     agent.tick()
     assert agent.runtime.version == "v-fresh", server.event_kinds("v-fresh")
-    applied = [server.events[u] for u in server.event_order
-               if server.events[u]["version_id"] == "v-fresh" and server.events[u]["kind"] == "applied"]
-    assert applied
+    assert "applied" in server.event_kinds("v-fresh")
     assert "v-good" in agent.store.installed()  # the reference stays on disk for the next evaluation
 
 
@@ -263,12 +265,7 @@ def test_regression_after_the_swap_rolls_back(tmp_path, kit, images):
     agent.feedback(p.ids, y[:400])
     agent.predict(x[1000:1300])  # the recent inputs held for shadow evaluation have no labels yet
     # a version whose policy lets it through shadow evaluation, then turns out wrong on labels
-    bad = kit.key.sign_manifest(replace(kit.bad, floors=PolicyFloors(shadow_agreement_min=0.0,
-                                                                     rollback_window=200)))
-    serve_version(server, bad, kit.bad_bytes)
-    clock.t += 6
-    agent.tick()
-    assert agent.runtime.version == "v-bad"
+    install_wrong_twin_past_its_floor(server, clock, agent, kit, rollback_window=200)
     assert agent.status()["probation"]["previous"] == "v-good"
     p = agent.predict(x[400:700])
     agent.feedback(p.ids, y[400:700])
