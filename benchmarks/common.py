@@ -167,13 +167,18 @@ def write_json(path: Path, name: str, rows: list[dict], **extra: Any) -> None:
 
 
 def log_mlflow(uri: str | None, experiment: str, rows: list[dict], params: tuple[str, ...],
-               metrics: tuple[str, ...]) -> None:
-    """One MLflow run per row: the row's params and metrics (numbers only)."""
+               metrics: tuple[str, ...], figure: Path | None = None) -> None:
+    """One MLflow run per row: the row's params and metrics (numbers only); the benchmark's figure,
+    if any, as the artifact of one more run named `figure`."""
     if not uri:
         return
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None and uri.startswith("sqlite:///"):
+        # a local store keeps its artifacts beside its database (not in ./mlruns of the caller)
+        root = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts" / experiment.replace("/", "-")
+        mlflow.create_experiment(experiment, artifact_location=root.as_uri())
     mlflow.set_experiment(experiment)
     for r in rows:
         name = "/".join(str(r.get(k)) for k in params if r.get(k) is not None)
@@ -182,4 +187,7 @@ def log_mlflow(uri: str | None, experiment: str, rows: list[dict], params: tuple
             mlflow.log_metrics({k: float(r[k]) for k in metrics
                                 if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                                 and math.isfinite(float(r[k]))})
+    if figure is not None:
+        with mlflow.start_run(run_name="figure"):
+            mlflow.log_artifact(str(figure))
     print(f"logged {len(rows)} runs to MLflow experiment {experiment!r} at {uri}", flush=True)

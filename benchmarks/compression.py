@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from benchmarks import common
+from benchmarks import common, plots
 from workers import export, nets, retrain, search
 from workers.calibration import from_sketches
 from workers.importance import CRITERIA
@@ -251,7 +251,8 @@ def main() -> None:
         common.write_json(args.json, NAME, rows, seeds=args.seeds, quick=args.quick,
                           split=bench.split,
                           default_policy=bench.policy.describe(), seconds=time.perf_counter() - t0)
-    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows,
+    figure = plots.save(args.json)
+    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=figure,
                       params=("model", "scenario", "seed", "method", "policy", "target", "calibration",
                               "default_policy", "label_free", "align", "damp"),
                       metrics=("compression_ratio", "artifact_bytes", "runtime_weight_bytes", "params_kept",

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import plots
 from benchmarks.common import (
     BaseRuntime,
     artifact_correct,
@@ -46,6 +47,7 @@ from workers.retrain import MODEL_FILE, retrain
 # would be: the lag until a device runs a model pruned for its new data still counts.
 FULL = DemoPlan(devices=6, phase_scale=3.0, seconds_per_round=0.5, quick_base=False)
 QUICK = DemoPlan(devices=3, phase_scale=1.4, seconds_per_round=0.4, quick_base=False)
+SERIES_WINDOW = 500  # inferences per point of the accuracy-over-time plot
 
 
 def stream_images(scenario: dict[str, Any], devices: int, inferences: list[int]) -> list[tuple[np.ndarray, ...]]:
@@ -74,6 +76,31 @@ def per_phase(report: Any, profiles: list[DeviceProfile], images: list[tuple[np.
                          "dynamic_qsae": c / n if n else None, **{k: float(v[m].mean()) for k, v in mine.items()}})
         start += len(phases)
     return rows
+
+
+def series(report: Any, profiles: list[DeviceProfile], images: list[tuple[np.ndarray, ...]],
+           correct: dict[str, np.ndarray], ratios: dict[str, float], window: int = SERIES_WINDOW) -> list[dict[str, Any]]:
+    """Per device, accuracy of every method and the loop's compression per `window` inferences, in
+    stream order (what the plot draws): where each phase begins, and when the loop switched versions."""
+    out, start = [], 0
+    for d, prof, (_, _, phases) in zip(report.devices, profiles, images, strict=True):
+        n = len(phases)
+        hits = {"dynamic_qsae": np.frombuffer(bytes(d.hits), dtype=np.uint8)[:n].astype(bool),
+                **{k: v[start:start + n] for k, v in correct.items()}}
+        ratio = np.ones(n)
+        for i, (at, version) in enumerate(d.switches):
+            end = d.switches[i + 1][0] if i + 1 < len(d.switches) else n
+            ratio[at:end] = ratios.get(version, np.nan)
+        edges = range(0, n, window)
+        out.append({
+            "device": prof.device_id, "window": window, "inferences": n,
+            "phase_starts": [[int(np.argmax(phases == ph)), prof.phases[int(ph)].describe()] for ph in np.unique(phases)],
+            "switches": [[at, v] for at, v in d.switches],
+            "accuracy": {k: [float(h[i:i + window].mean()) for i in edges] for k, h in hits.items()},
+            "dynamic_compression": [float(np.nanmean(ratio[i:i + window])) if np.isfinite(ratio[i:i + window]).any()
+                                    else None for i in edges]})
+        start += n
+    return out
 
 
 def initial_sketches(runtime: BaseRuntime, prof: DeviceProfile, size: int = 512) -> list[Any]:
@@ -146,6 +173,8 @@ def main() -> None:
         static_qsae_ratio.append(r.metrics["compression_ratio"])
     correct["static_qsae"] = np.concatenate(static_qsae)
     phases = per_phase(report, profiles, images, correct)
+    over_time = series(report, profiles, images, correct,
+                       {v: r.compression_ratio for v, r in versions.items() if r.compression_ratio})
     common = {"dense_time_avg_accuracy": dense_acc, "fp32_model_bytes": fp32_bytes}
     rows = [
         {"method": "dynamic_qsae", "time_avg_accuracy": report.accuracy, "avg_compression_ratio": avg_compression,
@@ -172,7 +201,8 @@ def main() -> None:
     print(f"P7: sketch max {d['sketch_bytes_max']} B (<= 262144), update max {d['update_bytes_max']} B "
           f"(<= {fp32_bytes // 10}), unchanged polls answered 304: {nm_ratio}")
     write_json(args.json, "dynamic", rows, devices=plan.devices, phase_scale=plan.phase_scale,
-               seconds_per_round=plan.seconds_per_round, phases=phases)
+               seconds_per_round=plan.seconds_per_round, phases=phases, series=over_time)
+    plots.save(args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from benchmarks import common
+from benchmarks import common, plots
 from qsae_shared import artifact
 from qsae_shared.compression import compression_ratio
 from workers import export, nets, retrain
@@ -124,7 +124,8 @@ def main() -> None:
                       default_widths=result.manifest.method.get("widths"), default_compute=compute,
                       default_kl=result.metrics["kl"], dense_accuracy=dense_acc, parity=parity,
                       op_profile_batch64=profiles or None, seconds=time.perf_counter() - t0)
-    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, params=("model", "variant", "batch", "threads"),
+    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=plots.save(args.json),
+                      params=("model", "variant", "batch", "threads"),
                       metrics=("median_ms", "speedup", "compression_ratio", "drop_pp"))
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
 

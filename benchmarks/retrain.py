@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from benchmarks import plots
 from benchmarks.common import BaseRuntime, base_checkpoint, parser, progress, setup, write_json
 from workers.dispatcher import _retrain_task, init_ray
 from workers.policy import DEFAULT_POLICY
@@ -74,6 +75,7 @@ def main() -> None:
     write_json(args.json, "retrain", rows=[{"per_device": s} for s in single],
                per_device_seconds=per_device, fleet=fleet, speedup_2_vs_1=speedup,
                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+    plots.save(args.json)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ class DeviceResult:
     labels_fed: int = 0
     skipped_batches: int = 0  # rounds without a model to serve
     versions: list[str] = field(default_factory=list)  # served, in order
+    switches: list[tuple[int, str]] = field(default_factory=list)  # (inference index, version) where a version began
+    hits: bytearray = field(default_factory=bytearray)  # 1 per inference the served model got right, in order
     windows: list[EstimateWindow] = field(default_factory=list)
     phase_true: dict[int, list[int]] = field(default_factory=dict)  # phase -> [correct, n]
     phase_est: dict[int, float] = field(default_factory=dict)  # phase -> sum of expected correctness
@@ -177,6 +179,9 @@ class SimDevice:
         r = self.result
         if not r.versions or r.versions[-1] != version:
             r.versions.append(version)
+        if not r.switches or r.switches[-1][1] != version:
+            r.switches.append((r.inferences, version))
+        r.hits.extend(hits.astype(np.uint8).tobytes())
         r.inferences += len(hits)
         r.correct += int(hits.sum())
         for ph in np.unique(phases):
@@ -234,6 +239,7 @@ class SimulationReport:
         d = asdict(self)
         for dev in d["devices"]:
             dev["windows"] = len(dev["windows"])
+            dev["hits"] = len(dev["hits"])
         return d
 
     def summary(self) -> str:

@@ -38,6 +38,9 @@ def test_simulated_fleet_against_the_control_plane(live, kit, tmp_path):
                       base_model=kit.good.base_model)
     assert [d.inferences for d in report.devices] == [400, 400, 400]
     assert all(d.versions == [version] and d.outbox_left == 0 for d in report.devices)
+    # the per-inference trace the dynamic benchmark plots: one entry per inference, right where counted
+    assert all(len(d.hits) == 400 and sum(d.hits) == d.correct and d.switches == [(0, version)]
+               for d in report.devices)
     assert all(d.labels_fed > 100 for d in report.devices)  # label_rate 0.5 of 400, minus the last delay
     assert report.accuracy > 0.5 and report.estimate_mae_pp is not None
     # nothing changed after the first answer: every later poll carried the ETag and got a 304
