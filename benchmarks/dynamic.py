@@ -38,8 +38,8 @@ from qsae_shared.compression import dense_fp32_bytes
 from qsae_shared.data import preprocess
 from qsae_shared.distributions import DeviceProfile, DeviceStream
 from qsae_shared.sketch import SketchBuilder, parse_sketch
-from workers import export, nets
-from workers.demo import DemoPlan, FleetSession, _scaled_scenario, print_results
+from workers import export, figures, nets
+from workers.demo import DemoPlan, FleetSession, _scaled_scenario, dense_correct, print_results
 from workers.policy import DEFAULT_POLICY, Policy
 from workers.retrain import MODEL_FILE, retrain
 
@@ -47,7 +47,6 @@ from workers.retrain import MODEL_FILE, retrain
 # would be: the lag until a device runs a model pruned for its new data still counts.
 FULL = DemoPlan(devices=6, phase_scale=3.0, seconds_per_round=0.5, quick_base=False)
 QUICK = DemoPlan(devices=3, phase_scale=1.4, seconds_per_round=0.4, quick_base=False)
-SERIES_WINDOW = 500  # inferences per point of the accuracy-over-time plot
 
 
 def stream_images(scenario: dict[str, Any], devices: int, inferences: list[int]) -> list[tuple[np.ndarray, ...]]:
@@ -76,31 +75,6 @@ def per_phase(report: Any, profiles: list[DeviceProfile], images: list[tuple[np.
                          "dynamic_qsae": c / n if n else None, **{k: float(v[m].mean()) for k, v in mine.items()}})
         start += len(phases)
     return rows
-
-
-def series(report: Any, profiles: list[DeviceProfile], images: list[tuple[np.ndarray, ...]],
-           correct: dict[str, np.ndarray], ratios: dict[str, float], window: int = SERIES_WINDOW) -> list[dict[str, Any]]:
-    """Per device, accuracy of every method and the loop's compression per `window` inferences, in
-    stream order (what the plot draws): where each phase begins, and when the loop switched versions."""
-    out, start = [], 0
-    for d, prof, (_, _, phases) in zip(report.devices, profiles, images, strict=True):
-        n = len(phases)
-        hits = {"dynamic_qsae": np.frombuffer(bytes(d.hits), dtype=np.uint8)[:n].astype(bool),
-                **{k: v[start:start + n] for k, v in correct.items()}}
-        ratio = np.ones(n)
-        for i, (at, version) in enumerate(d.switches):
-            end = d.switches[i + 1][0] if i + 1 < len(d.switches) else n
-            ratio[at:end] = ratios.get(version, np.nan)
-        edges = range(0, n, window)
-        out.append({
-            "device": prof.device_id, "window": window, "inferences": n,
-            "phase_starts": [[int(np.argmax(phases == ph)), prof.phases[int(ph)].describe()] for ph in np.unique(phases)],
-            "switches": [[at, v] for at, v in d.switches],
-            "accuracy": {k: [float(h[i:i + window].mean()) for i in edges] for k, h in hits.items()},
-            "dynamic_compression": [float(np.nanmean(ratio[i:i + window])) if np.isfinite(ratio[i:i + window]).any()
-                                    else None for i in edges]})
-        start += n
-    return out
 
 
 def initial_sketches(runtime: BaseRuntime, prof: DeviceProfile, size: int = 512) -> list[Any]:
@@ -141,7 +115,7 @@ def main() -> None:
                           and versions[v].device_id is not None), default=0)
         reprunes = sum(1 for j in store.list_jobs(limit=10_000)
                        if j.kind == "retrain" and (j.result or {}).get("decision") == "deployed")
-        print_results(store, report, scenario, ck)
+        print_results(store, report, scenario, dense_correct(report, scenario, ck))
     seconds = time.perf_counter() - t0
     nm_ratio = report.not_modified_ratio
     weights = {v: sum(c for d in report.devices for ph in d.phase_versions.values() for vv, c in ph.items()
@@ -173,8 +147,8 @@ def main() -> None:
         static_qsae_ratio.append(r.metrics["compression_ratio"])
     correct["static_qsae"] = np.concatenate(static_qsae)
     phases = per_phase(report, profiles, images, correct)
-    over_time = series(report, profiles, images, correct,
-                       {v: r.compression_ratio for v, r in versions.items() if r.compression_ratio})
+    over_time = figures.stream_series(report.devices, profiles, [ph for _, _, ph in images], correct,
+                                      {v: r.compression_ratio for v, r in versions.items() if r.compression_ratio})
     common = {"dense_time_avg_accuracy": dense_acc, "fp32_model_bytes": fp32_bytes}
     rows = [
         {"method": "dynamic_qsae", "time_avg_accuracy": report.accuracy, "avg_compression_ratio": avg_compression,

@@ -23,13 +23,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from workers import figures
+
 Doc = dict[str, Any]
 CRITERION_COLOUR = {"qsae": "#d62728", "qsae-noquant": "#ff9896", "energy": "#9467bd", "wanda": "#2ca02c",
                     "magnitude": "#1f77b4"}  # in the order the legend lists them
-METHOD_STYLE = {  # dynamic benchmark: colour and line of each method
-    "dense": ("#444444", "--"), "int8": ("#999999", ":"), "dynamic_qsae": ("#d62728", "-"),
-    "static_magnitude": ("#1f77b4", "-"), "static_qsae": ("#2ca02c", "-"),
-}
 
 
 def _mean_by(rows: list[dict], key: Callable[[dict], Any]) -> dict[Any, tuple[float, float]]:
@@ -63,15 +61,16 @@ def compression(doc: Doc) -> Figure:
         if recovered:
             default = _mean_by([r for r in full if r.get("default_policy")], lambda r: "default")
             oracle = _mean_by([r for r in full if not r.get("label_free", True)], lambda r: "oracle")
-            for pts, marker, label in ((default, "*", "default policy (label-free)"),
-                                       (oracle, "D", "oracle (labelled validation)")):
+            for pts, marker, filled, label in ((default, "*", "black", "default policy (label-free)"),
+                                               (oracle, "D", "none", "oracle (labelled validation)")):
                 if pts:
-                    ax.scatter(*pts[next(iter(pts))], marker=marker, s=160, color="black", zorder=5, label=label)
+                    ax.scatter(*pts[next(iter(pts))], marker=marker, s=150, facecolors=filled, edgecolors="black",
+                               zorder=5, label=label)
             ax.fill_between([20, 80], -1, 1.0, color="#2ca02c", alpha=0.08, label="P1: >= 20x at <= 1 pp")
         if not curves and not (recovered and any(r.get("default_policy") for r in full)):
             _empty(ax, "target-compression rows")
         ax.set(title=f"full: {title}", xlabel="compression (x, fp32 bytes / artifact bytes)",
-               ylabel="accuracy drop (pp, test split)")
+               ylabel=f"accuracy drop (pp, {doc.get('split', 'test')} split)")
         _limits(ax, [r for r in full if r["method"] != "int8" and r["compression_ratio"] > 1])
         ax.axhline(0, color="#bbb", lw=0.8)
         ax.grid(alpha=0.3)
@@ -113,45 +112,12 @@ def _per_device(ax: Axes, rows: list[dict]) -> None:
 
 
 def dynamic(doc: Doc) -> Figure:
-    series = doc.get("series") or []
-    cols = 2
-    nrows = max(1, (len(series) + cols - 1) // cols)
-    fig = Figure(figsize=(14, 3.2 * nrows + 0.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, cols, sharey=True)).ravel()
     summary = {r["method"]: r for r in doc["rows"]}
-    for ax, dev in zip(axes, series, strict=False):
-        w = dev["window"]
-        for method, acc in dev["accuracy"].items():
-            colour, ls = METHOD_STYLE.get(method, ("#000", "-"))
-            r = summary.get(method, {})
-            label = f"{method} ({100 * r['time_avg_accuracy']:.1f} %, {r['avg_compression_ratio']:.0f}x)" \
-                if r.get("time_avg_accuracy") is not None else method
-            x = (np.arange(len(acc)) * w + w / 2) / 1000
-            ax.plot(x, 100 * np.asarray(acc, dtype=float), color=colour, ls=ls, lw=1.6 if method == "dynamic_qsae" else 1.1,
-                    label=label)
-        for start, name in dev["phase_starts"]:
-            ax.axvline(start / 1000, color="#666", lw=0.8)
-            ax.text(start / 1000, 1.01, f" {name}", transform=ax.get_xaxis_transform(), fontsize=8, va="bottom")
-        twin = ax.twinx()
-        comp = [np.nan if c is None else c for c in dev["dynamic_compression"]]
-        twin.step((np.arange(len(comp)) * w) / 1000, comp, where="post", color="#d62728", alpha=0.3, lw=1)
-        twin.set_ylabel("loop's compression (x)", color="#d62728", alpha=0.6, fontsize=8)
-        twin.set_ylim(0, max([c for c in comp if np.isfinite(c)], default=1) * 1.15)
-        ax.set_title(dev["device"], loc="left", fontsize=10, pad=14)
-        ax.set_xlabel("inferences (thousands)")
-        ax.set_ylabel(f"accuracy per {w} inferences (%)")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(series):]:
-        ax.set_visible(False)
-    if series:
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
-    else:
-        _empty(axes[0], "per-device series")
-    d = summary.get("dynamic_qsae", {})
-    fig.suptitle("The dynamic loop against static pruning, in stream order"
-                 + (f" (the loop re-pruned {d['reprunes']} times)" if "reprunes" in d else ""))
-    return fig
+    labels = {m: f"{m} ({100 * r['time_avg_accuracy']:.1f} %, {r['avg_compression_ratio']:.0f}x)"
+              for m, r in summary.items() if r.get("time_avg_accuracy") is not None}
+    reprunes = summary.get(figures.LOOP, {}).get("reprunes")
+    return figures.stream_figure(doc.get("series") or [], "The dynamic loop against static pruning, in stream order"
+                                 + (f" (the loop re-pruned {reprunes} times)" if reprunes is not None else ""), labels)
 
 
 def latency(doc: Doc) -> Figure:

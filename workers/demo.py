@@ -209,7 +209,9 @@ def run_demo(quick: bool = False) -> None:
 
             report = fleet.simulate(scenario, plan.devices, plan.seconds_per_round, on_round)
         console.print("4/4 results")
-        print_results(store, report, scenario, ck)
+        dense = dense_correct(report, scenario, ck)
+        print_results(store, report, scenario, dense)
+        figure = draw_stream(store, report, scenario, dense, STATE / "demo.png")
         console.print(f"\nfleet accuracy {100 * (report.accuracy or 0):.2f} %, label-free estimate MAE "
                       f"{report.estimate_mae_pp or float('nan'):.2f} pp; demo took "
                       f"{time.monotonic() - t_start:.0f} s")
@@ -218,6 +220,7 @@ def run_demo(quick: bool = False) -> None:
         console.print(f"    FLEET_STATE_DIR={fleet.run_dir} FLEET_MLFLOW_TRACKING_URI={mlflow_uri} "
                       f"FLEET_BOOTSTRAP_ADMIN_KEY={fleet.admin_key} .venv/bin/qsae-fleet serve")
         console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_uri} --port 5000")
+        console.print(f"figure (accuracy over the stream, per device): {figure}")
 
 
 def _set_demo_policy(url: str, admin_key: str, overrides: dict[str, Any] | None = None) -> None:
@@ -246,11 +249,13 @@ def _wait_for_job(store: Any, job_id: int, timeout_s: float = 900) -> str:
     raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
 
 
-def print_results(store: Any, report: Any, scenario: dict[str, Any], ck: Any) -> None:
+def print_results(store: Any, report: Any, scenario: dict[str, Any], dense_right: list[tuple[Any, Any]]) -> None:
+    """Per device and phase, what served and at what compression, next to dense (`dense_correct`)."""
     from qsae_shared.distributions import profiles_from_scenario
 
     phase_names = {p.device_id: [ph.describe() for ph in p.phases] for p in profiles_from_scenario(scenario)}
-    dense = _dense_phase_accuracy(report, scenario, ck)
+    dense = {(d.device, int(ph)): float(right[phases == ph].mean())
+             for d, (right, phases) in zip(report.devices, dense_right, strict=True) for ph in set(phases.tolist())}
     versions = {v.id: v for v in store.list_versions(limit=1000)}
     table = Table(title="per device and phase: what ran, and what it cost")
     for col, justify in (("device", "left"), ("phase", "left"), ("versions served (share of phase)", "left"),
@@ -293,8 +298,9 @@ def _short(version_id: str) -> str:
     return version_id if len(version_id) <= 28 else "..." + version_id[-16:]
 
 
-def _dense_phase_accuracy(report: Any, scenario: dict[str, Any], ck: Any) -> dict[tuple[str, int], float]:
-    """The dense fp32 network on exactly the images each device saw, per phase."""
+def dense_correct(report: Any, scenario: dict[str, Any], ck: Any) -> list[tuple[Any, Any]]:
+    """The dense fp32 network on exactly the images each device saw: per device, (which images it
+    classified right, each image's phase index), in stream order."""
     import numpy as np
     import torch
 
@@ -304,18 +310,34 @@ def _dense_phase_accuracy(report: Any, scenario: dict[str, Any], ck: Any) -> dic
 
     cfg = SimulationConfig.from_scenario(scenario, devices=len(report.devices))
     net = ck.network()
-    out: dict[tuple[str, int], float] = {}
+    out = []
     for prof, d in zip(expand_profiles(scenario, cfg.devices), report.devices, strict=True):
         stream = DeviceStream(prof, cfg.split, "simulate")
         batches = [stream.next_batch(cfg.batch_size) for _ in range(d.inferences // cfg.batch_size)]
         if not batches:
+            out.append((np.zeros(0, dtype=bool), np.zeros(0, dtype=int)))
             continue
         images = np.concatenate([b.images for b in batches])  # the same draws, batch by batch
-        labels = np.concatenate([b.labels for b in batches])
-        phases = np.concatenate([b.phase_index for b in batches])
         with torch.no_grad():
             pred = net(torch.from_numpy(preprocess(images))).argmax(1).numpy()
-        for ph in np.unique(phases):
-            m = phases == ph
-            out[(d.device, int(ph))] = float((pred[m] == labels[m]).mean())
+        out.append((pred == np.concatenate([b.labels for b in batches]),
+                    np.concatenate([b.phase_index for b in batches])))
     return out
+
+
+def draw_stream(store: Any, report: Any, scenario: dict[str, Any], dense: list[tuple[Any, Any]], path: Path) -> Path:
+    """The fleet over its stream (workers/figures.py): the deployed models against dense, per device."""
+    import numpy as np
+
+    from edge_agent.simulator import SimulationConfig, expand_profiles
+    from workers import figures
+
+    cfg = SimulationConfig.from_scenario(scenario, devices=len(report.devices))
+    ratios = {v.id: v.compression_ratio for v in store.list_versions(limit=10_000) if v.compression_ratio}
+    series = figures.stream_series(report.devices, expand_profiles(scenario, cfg.devices), [ph for _, ph in dense],
+                                   {"dense": np.concatenate([c for c, _ in dense])}, ratios)
+    fig = figures.stream_figure(series, "QSAE Fleet demo: each device's deployed models against the dense network",
+                                {figures.LOOP: "deployed (the loop)", "dense": "dense fp32"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

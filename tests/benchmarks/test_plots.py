@@ -10,8 +10,8 @@ import pytest
 from matplotlib.image import imread
 
 from benchmarks import plots
-from benchmarks.dynamic import series
 from qsae_shared.distributions import DeviceProfile, Phase
+from workers.figures import stream_series
 
 
 def _row(method, ratio, drop, **kw):
@@ -79,9 +79,9 @@ def test_series_windows_follow_the_stream_and_the_versions_served():
     prof = DeviceProfile("cam", (Phase(6, name="clear"), Phase(4, name="rain")))
     phases = np.array([0] * 6 + [1] * 4)
     dyn_hits = bytearray([1, 1, 1, 1, 0, 0, 1, 0, 1, 1])
-    report = SimpleNamespace(devices=[SimpleNamespace(hits=dyn_hits, switches=[(0, "base"), (4, "v2")])])
+    device = SimpleNamespace(hits=dyn_hits, switches=[(0, "base"), (4, "v2")])
     dense = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
-    out = series(report, [prof], [(None, None, phases)], {"dense": dense}, {"base": 4.0, "v2": 40.0}, window=4)
+    out = stream_series([device], [prof], [phases], {"dense": dense}, {"base": 4.0, "v2": 40.0}, window=4)
     (dev,) = out
     assert dev["phase_starts"][0][0] == 0 and dev["phase_starts"][1][0] == 6
     assert dev["accuracy"]["dynamic_qsae"] == [1.0, 0.25, 1.0]
