@@ -60,16 +60,17 @@ def stream_figure(series: list[dict[str, Any]], title: str, labels: dict[str, st
     axes = np.atleast_1d(fig.subplots(nrows, cols, sharey=True)).ravel()
     for ax, dev in zip(axes, series, strict=False):
         w = dev["window"]
+        points = sum(1 for i in range(0, dev["inferences"], w) if dev["inferences"] - i >= w // 2)  # no short tail
         for method, acc in dev["accuracy"].items():
             colour, ls = STYLE.get(method, ("#000000", "-"))
-            x = (np.arange(len(acc)) * w + w / 2) / 1000
-            ax.plot(x, 100 * np.asarray(acc, dtype=float), color=colour, ls=ls, lw=1.6 if method == LOOP else 1.1,
-                    label=labels.get(method, method))
+            x = (np.arange(points) * w + w / 2) / 1000
+            ax.plot(x, 100 * np.asarray(acc[:points], dtype=float), color=colour, ls=ls,
+                    lw=1.6 if method == LOOP else 1.1, label=labels.get(method, method))
         for start, name in dev["phase_starts"]:
             ax.axvline(start / 1000, color="#666666", lw=0.8)
             ax.text(start / 1000, 1.01, f" {name}", transform=ax.get_xaxis_transform(), fontsize=8, va="bottom")
         twin = ax.twinx()
-        comp = [np.nan if c is None else c for c in dev["dynamic_compression"]]
+        comp = [np.nan if c is None else c for c in dev["dynamic_compression"][:points]]
         twin.step(np.arange(len(comp)) * w / 1000, comp, where="post", color=STYLE[LOOP][0], alpha=0.3, lw=1)
         twin.set_ylabel("compression served (x)", color=STYLE[LOOP][0], alpha=0.6, fontsize=8)
         twin.set_ylim(0, max([c for c in comp if np.isfinite(c)], default=1) * 1.15)

@@ -67,6 +67,10 @@ def test_dynamic_figure_draws_one_panel_per_device_with_its_phases():
     assert {t.get_text().strip() for t in panels[0].texts} == {"clear", "rain"}
     assert "dynamic_qsae (87.0 %, 24x)" in [t.get_text() for t in fig.legends[0].get_texts()]
     assert "re-pruned 3 times" in fig.get_suptitle()
+    short = {**devs[0], "inferences": 1700}  # the last window holds 200 of 500 inferences: not drawn
+    fig = plots.dynamic({"benchmark": "dynamic", "rows": rows, "series": [short]})
+    method_lines = fig.axes[0].get_lines()[:3]  # drawn before the phase lines
+    assert [len(line.get_xdata()) for line in method_lines] == [3, 3, 3]
 
 
 def test_a_benchmark_without_a_figure_writes_none(tmp_path):
