@@ -143,19 +143,20 @@ def latency(doc: Doc) -> Figure:
 
 
 def retrain(doc: Doc) -> Figure:
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(12, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     per_device = [r["per_device"] for r in doc["rows"]]
-    left.bar(range(len(per_device)), per_device, color="#1f77b4")
-    left.axhline(10, ls="--", color="#d62728", lw=0.8, label="target: 10 s")
-    left.axhline(doc["per_device_seconds"], color="#444", lw=1, label=f"median {doc['per_device_seconds']:.2f} s")
-    left.set(title="one retrain under the default policy, one core", xlabel="device", ylabel="seconds")
-    left.legend()
+    left.barh([str(r.get("device", i)) for i, r in enumerate(doc["rows"])], per_device, color="#1f77b4")
+    left.axvline(10, ls="--", color="#d62728", lw=0.8, label="target: 10 s")
+    left.axvline(doc["per_device_seconds"], color="#444", lw=1, label=f"median {doc['per_device_seconds']:.2f} s")
+    left.invert_yaxis()
+    left.set(title="one retrain under the default policy,\non one core", xlabel="seconds", ylabel="device (scenario-seed)")
+    left.legend(loc="lower right")
     fleet = doc.get("fleet") or []
     throughput = [f["devices"] / f["seconds"] * 60 for f in fleet]
     bars = right.bar([f"{f['workers']} worker(s)" for f in fleet], throughput, color="#2ca02c")
     right.bar_label(bars, fmt="%.1f / min")
-    right.set(title=f"fleet throughput ({doc.get('speedup_2_vs_1', float('nan')):.2f}x with 2 workers; target 1.8x)",
+    right.set(title=f"fleet throughput: {doc.get('speedup_2_vs_1', float('nan')):.2f}x with 2 workers\n(target 1.8x)",
               ylabel="retrains per minute")
     return fig
 

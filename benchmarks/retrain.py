@@ -72,7 +72,8 @@ def main() -> None:
     speedup = fleet[0]["seconds"] / fleet[1]["seconds"]
     print(f"throughput with 2 workers: {speedup:.2f}x that of 1 (target >= 1.8x); "
           f"per device {per_device:.2f} s (target <= 10 s)", flush=True)
-    write_json(args.json, "retrain", rows=[{"per_device": s} for s in single],
+    write_json(args.json, "retrain", rows=[{"device": f"{sc}-{seed}", "per_device": s}
+                                           for (sc, seed), s in zip(devices, single, strict=False)],
                per_device_seconds=per_device, fleet=fleet, speedup_2_vs_1=speedup,
                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
     plots.save(args.json)
