@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -178,14 +179,20 @@ def save(json_path: Path) -> Path | None:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.plots", description=__doc__.splitlines()[0])
     p.add_argument("json", nargs="+", type=Path, help="a benchmark's --json output")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    failed = 0
     for path in args.json:
-        if save(path) is None:
-            print(f"{path}: no figure for this benchmark", flush=True)
+        try:
+            if save(path) is None:
+                print(f"{path}: no figure for this benchmark", flush=True)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable, not JSON, not a benchmark's rows
+            print(f"{path}: cannot draw it: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            failed += 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

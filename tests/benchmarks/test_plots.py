@@ -128,3 +128,18 @@ def test_mlflow_gets_a_run_per_row_and_the_figure(tmp_path):
     assert len(runs) == 4 and runs["qsae/target_compression=8"].data.metrics["drop_pp"] == 0.4
     assert [a.path for a in client.list_artifacts(runs["figure"].info.run_id)] == ["compression.png"]
     assert list((tmp_path / "mlartifacts").rglob("compression.png"))  # beside the store, not in ./mlruns
+
+
+def test_the_command_names_files_it_cannot_draw_and_draws_the_rest(tmp_path, capsys):
+    good = tmp_path / "compression.json"
+    good.write_text(json.dumps(compression_doc()))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"benchmark": "compression", "rows": [')
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"benchmark": "latency", "rows": [{"variant": "x"}]}))
+    assert plots.main([str(broken), str(tmp_path / "missing.json"), str(wrong), str(good)]) == 1
+    err = capsys.readouterr().err
+    assert f"{broken}: cannot draw it: JSONDecodeError" in err
+    assert f"{tmp_path / 'missing.json'}: cannot draw it: FileNotFoundError" in err
+    assert f"{wrong}: cannot draw it: KeyError" in err
+    assert (tmp_path / "compression.png").exists()
