@@ -106,7 +106,7 @@ def _per_device(ax: Axes, rows: list[dict]) -> None:
                            label=s if seed == 0 else None)
     ax.axhline(1.0, color="#d62728", lw=0.8, ls="--", label="1 pp")
     ax.axhline(0, color="#bbb", lw=0.8)
-    ax.set(title="per device, default policy:\nglobal (open) -> the device's own calibration (filled)",
+    ax.set(title="per device, default policy: calibrated\nglobally (open) -> on the device's own data (filled)",
            xlabel="compression (x)", ylabel="accuracy drop on the device's own test data (pp)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
