@@ -190,6 +190,9 @@ def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, polic
     with torch.no_grad():
         agreement = float((head(calib.stem_out).argmax(1) == calib.logits.argmax(1)).float().mean())
     metrics["calibration_agreement"] = agreement  # with the base, on the device's calibration set
+    confidence = profile.confidence_profile(head, prof, calib.stem_out, calib.logits if pruned else None)
+    # What the agent's label-free estimate says of this version on the data it was calibrated on.
+    metrics["estimated_accuracy"] = float(np.dot(confidence.reference_hist, confidence.accuracy))
     method = {"criterion": chosen.criterion, "recovery": chosen.recovery, "method": chosen.method,
               "policy": policy.describe(), "widths": search.widths(p.spec),
               "compute": {str(k): v for k, v in compute.items()}, **extra}
@@ -199,7 +202,7 @@ def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, polic
         preprocessing=preprocessing_spec(), input_name=onnx_graph.INPUT,
         output_name=onnx_graph.LOGITS, stem_output_name=onnx_graph.STEM,
         stem_shape=profile.stem_shape(ck.spec), hist_edges=prof.hist_edges.tolist(),
-        confidence_profile=profile.confidence_profile(head, prof, calib.stem_out, calib.logits if pruned else None),
+        confidence_profile=confidence,
         floors=PolicyFloors(shadow_agreement_min=shadow_floor(agreement)) if pruned else PolicyFloors(),
         method=method, metrics=metrics,
         files=[FileEntry(MODEL_FILE, artifact.MODEL_ROLE, len(blob), sha)])

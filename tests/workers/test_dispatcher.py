@@ -73,6 +73,10 @@ def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny, ray_lo
     run = tracker.client.get_run(version.mlflow_run_id)
     assert run.data.tags["device_id"] == device_id and run.data.tags["trigger"] == "drift 0.2 > 0.1"
     assert "kl" in run.data.metrics and run.data.params["criterion"]
+    # what the issue asks of the run: the method's knobs as params, the estimate among the metrics
+    assert {"policy.qsae_lambda", "policy.qsae_hidden_ratio", "policy.kl_budget", "policy.target_compression",
+            "recovery"} <= set(run.data.params)
+    assert run.data.metrics["estimated_accuracy"] == pytest.approx(manifest.metrics["estimated_accuracy"])
 
     # The same job claimed again after a crash finishes without a second version.
     store.db.run(lambda s: s.execute(text("UPDATE jobs SET status='queued', version_id=NULL WHERE id=:i"),

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from qsae_shared import artifact
+from qsae_shared.data import preprocess
+from qsae_shared.distributions import DeviceProfile, Phase
 from qsae_shared.errors import WireFormatError
 from qsae_shared.manifest import Manifest
 from qsae_shared.signing import SigningKey, verify_manifest
@@ -48,6 +50,14 @@ def test_retrain_from_sketches_gives_a_signed_verifiable_artifact(tiny, sketches
     x = np.random.default_rng(0).normal(size=(4, 1, 28, 28)).astype(np.float32)
     logits, stem = export.run(export.session(path.read_bytes()), x)
     assert logits.shape == (4, 10) and stem.shape == (4, *m.stem_shape)
+    # the label-free estimate logged with the version: what the agent's estimator says on the
+    # calibration data, near the labelled accuracy on the device's own test images
+    cp = m.confidence_profile
+    assert m.metrics["estimated_accuracy"] == pytest.approx(float(np.dot(cp.reference_hist, cp.accuracy)))
+    footwear = DeviceProfile("dev-1", (Phase(10**9, tuple(float(c in (5, 7, 9)) for c in range(10))),))
+    batch = footwear.stream("test", role="eval").next_batch(2000)
+    logits, _ = export.run(export.session(path.read_bytes()), preprocess(batch.images))
+    assert abs(m.metrics["estimated_accuracy"] - float((logits.argmax(1) == batch.labels).mean())) < 0.06
 
 
 def test_the_global_mask_competes_as_a_fallback_and_wins_when_it_is_better(tiny, sketches):
