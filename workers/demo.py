@@ -81,8 +81,11 @@ def _base_checkpoint(quick: bool) -> Any:
     from workers.training import TrainConfig, load_base, load_or_train
 
     models = STATE / "models"
-    if quick:
-        return load_or_train(cfg=TrainConfig(epochs=1), cache_dir=models, progress=True)
+    if quick:  # a base model of its own name: MLflow registers one model per base model
+        from workers import nets
+
+        spec = {**nets.pinned_spec(), "name": f"{nets.pinned_spec()['name']}-quick"}
+        return load_or_train(spec, TrainConfig(epochs=1), cache_dir=models, progress=True)
     return load_base(models, progress=True)
 
 
@@ -170,7 +173,7 @@ class FleetSession:
 
         return simulate(self.url, scenario, devices=devices, operator_key=self.admin_key,
                         state_dir=self.run_dir / "agents", initial_version=self.base_version,
-                        progress=progress, real_seconds_per_round=seconds_per_round)
+                        base_model=self.ck.name, progress=progress, real_seconds_per_round=seconds_per_round)
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
