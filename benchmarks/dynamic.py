@@ -33,13 +33,13 @@ from benchmarks.common import (
     setup,
     write_json,
 )
-from edge_agent.simulator import SimulationConfig, expand_profiles
+from edge_agent.simulator import expand_profiles
 from qsae_shared.compression import dense_fp32_bytes
 from qsae_shared.data import preprocess
 from qsae_shared.distributions import DeviceProfile, DeviceStream
 from qsae_shared.sketch import SketchBuilder, parse_sketch
 from workers import export, figures, nets
-from workers.demo import DemoPlan, FleetSession, _scaled_scenario, dense_correct, print_results
+from workers.demo import DemoPlan, FleetSession, _scaled_scenario, print_results, replay_streams
 from workers.policy import DEFAULT_POLICY, Policy
 from workers.retrain import MODEL_FILE, retrain
 
@@ -47,19 +47,6 @@ from workers.retrain import MODEL_FILE, retrain
 # would be: the lag until a device runs a model pruned for its new data still counts.
 FULL = DemoPlan(devices=6, phase_scale=3.0, seconds_per_round=0.5, quick_base=False)
 QUICK = DemoPlan(devices=3, phase_scale=1.4, seconds_per_round=0.4, quick_base=False)
-
-
-def stream_images(scenario: dict[str, Any], devices: int, inferences: list[int]) -> list[tuple[np.ndarray, ...]]:
-    """Each device's (images, labels, phase indices) as the simulator drew them (batch by batch)."""
-    cfg = SimulationConfig.from_scenario(scenario, devices=devices)
-    out = []
-    for prof, n in zip(expand_profiles(scenario, devices), inferences, strict=True):
-        stream = DeviceStream(prof, cfg.split, "simulate")
-        batches = [stream.next_batch(cfg.batch_size) for _ in range(n // cfg.batch_size)]
-        out.append((preprocess(np.concatenate([b.images for b in batches])),
-                    np.concatenate([b.labels for b in batches]),
-                    np.concatenate([b.phase_index for b in batches])))
-    return out
 
 
 def per_phase(report: Any, profiles: list[DeviceProfile], images: list[tuple[np.ndarray, ...]],
@@ -115,7 +102,10 @@ def main() -> None:
                           and versions[v].device_id is not None), default=0)
         reprunes = sum(1 for j in store.list_jobs(limit=10_000)
                        if j.kind == "retrain" and (j.result or {}).get("decision") == "deployed")
-        print_results(store, report, scenario, dense_correct(report, scenario, ck))
+        images = list(replay_streams(report, scenario))  # what each device saw, to score every method on
+        dense_model = export.dense_onnx(ck.network(), ck.spec)
+        dense_right = [(onnx_correct(dense_model, x, y), ph) for x, y, ph in images]
+        print_results(store, report, scenario, dense_right)
     seconds = time.perf_counter() - t0
     nm_ratio = report.not_modified_ratio
     weights = {v: sum(c for d in report.devices for ph in d.phase_versions.values() for vv, c in ph.items()
@@ -125,10 +115,9 @@ def main() -> None:
     fp32_bytes = dense_fp32_bytes(nets.param_count(ck.spec))
 
     progress("scoring the static methods on the same images")
-    images = stream_images(scenario, plan.devices, [d.inferences for d in report.devices])
     x_all = np.concatenate([x for x, _, _ in images])
     y_all = np.concatenate([y for _, y, _ in images])
-    correct = {"dense": onnx_correct(export.dense_onnx(ck.network(), ck.spec), x_all, y_all),
+    correct = {"dense": np.concatenate([right for right, _ in dense_right]),
                "int8": artifact_correct(runtime.release.files[MODEL_FILE], x_all, y_all)}
     dense_acc = float(correct["dense"].mean())
     target = max(avg_compression, DEFAULT_POLICY.min_compression)

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,30 +301,37 @@ def _short(version_id: str) -> str:
     return version_id if len(version_id) <= 28 else "..." + version_id[-16:]
 
 
-def dense_correct(report: Any, scenario: dict[str, Any], ck: Any) -> list[tuple[Any, Any]]:
-    """The dense fp32 network on exactly the images each device saw: per device, (which images it
-    classified right, each image's phase index), in stream order."""
+def replay_streams(report: Any, scenario: dict[str, Any]) -> Iterator[tuple[Any, Any, Any]]:
+    """Per device, the images it saw as the simulator drew them (batch by batch), one device at a
+    time: (preprocessed images, labels, phase indices), in stream order."""
     import numpy as np
-    import torch
 
     from edge_agent.simulator import SimulationConfig, expand_profiles
     from qsae_shared.data import preprocess
     from qsae_shared.distributions import DeviceStream
 
     cfg = SimulationConfig.from_scenario(scenario, devices=len(report.devices))
-    net = ck.network()
-    out = []
     for prof, d in zip(expand_profiles(scenario, cfg.devices), report.devices, strict=True):
         stream = DeviceStream(prof, cfg.split, "simulate")
         batches = [stream.next_batch(cfg.batch_size) for _ in range(d.inferences // cfg.batch_size)]
         if not batches:
-            out.append((np.zeros(0, dtype=bool), np.zeros(0, dtype=int)))
+            yield np.zeros((0, 1, 28, 28), dtype=np.float32), np.zeros(0, dtype=int), np.zeros(0, dtype=int)
             continue
-        images = np.concatenate([b.images for b in batches])  # the same draws, batch by batch
+        yield (preprocess(np.concatenate([b.images for b in batches])), np.concatenate([b.labels for b in batches]),
+               np.concatenate([b.phase_index for b in batches]))
+
+
+def dense_correct(report: Any, scenario: dict[str, Any], ck: Any) -> list[tuple[Any, Any]]:
+    """The dense fp32 network on exactly the images each device saw: per device, (which images it
+    classified right, each image's phase index), in stream order."""
+    import torch
+
+    net = ck.network()
+    out = []
+    for x, y, phases in replay_streams(report, scenario):
         with torch.no_grad():
-            pred = net(torch.from_numpy(preprocess(images))).argmax(1).numpy()
-        out.append((pred == np.concatenate([b.labels for b in batches]),
-                    np.concatenate([b.phase_index for b in batches])))
+            pred = net(torch.from_numpy(x)).argmax(1).numpy()
+        out.append((pred == y, phases))
     return out
 
 
@@ -332,12 +339,11 @@ def draw_stream(store: Any, report: Any, scenario: dict[str, Any], dense: list[t
     """The fleet over its stream (workers/figures.py): the deployed models against dense, per device."""
     import numpy as np
 
-    from edge_agent.simulator import SimulationConfig, expand_profiles
+    from edge_agent.simulator import expand_profiles
     from workers import figures
 
-    cfg = SimulationConfig.from_scenario(scenario, devices=len(report.devices))
     ratios = {v.id: v.compression_ratio for v in store.list_versions(limit=10_000) if v.compression_ratio}
-    series = figures.stream_series(report.devices, expand_profiles(scenario, cfg.devices), [ph for _, ph in dense],
+    series = figures.stream_series(report.devices, expand_profiles(scenario, len(report.devices)), [ph for _, ph in dense],
                                    {"dense": np.concatenate([c for c, _ in dense])}, ratios)
     fig = figures.stream_figure(series, "QSAE Fleet demo: each device's deployed models against the dense network",
                                 {figures.LOOP: "deployed (the loop)", "dense": "dense fp32"})
