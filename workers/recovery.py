@@ -97,7 +97,9 @@ class LayerSystem:
                 p["gram"] = (self.a.T @ self.a).double()  # (D+1, D+1)
                 p["rhs"] = (self.a.T @ self.y).double()  # (D+1, dense outputs)
             else:  # the dual (M x M)
-                p["a64"] = self.a.double()
+                # One input column per row, so that a row's kept columns are one contiguous
+                # index_select (a column gather of `a` cost several times the solve).
+                p["at"] = self.a.T.contiguous()  # (D+1, M)
                 p["k"] = (self.a @ self.a.T).double()
                 p["y64"] = self.y.double()
         return p[name]
@@ -125,9 +127,9 @@ def refit_layer(layer: nn.Module, mask: torch.Tensor | None, system: LayerSystem
         if len(s) > len(a):  # more kept inputs than samples: the M x M dual system is cheaper
             sol = _dual_rows(system, cols[idx], w0b, idx, s, m[idx[0]])
         else:
-            lhs = system.product("gram")[s[:, None], s[None, :]]
+            lhs = system.product("gram").index_select(0, s).index_select(1, s)  # (|S|, |S|)
             lhs.diagonal().add_(lam)
-            b = system.product("rhs")[s][:, cols[idx]] + lam * w0b[idx][:, s].T  # (|S|, r)
+            b = system.product("rhs").index_select(0, s)[:, cols[idx]] + lam * w0b[idx][:, s].T  # (|S|, r)
             sol = _spd_solve(lhs, b)
         new[np.ix_(idx, s.numpy())] = sol.T
     layer.weight.copy_(new[:, :d].reshape(layer.weight.shape).to(layer.weight.dtype))
@@ -143,19 +145,19 @@ def _dual_rows(system: LayerSystem, targets: torch.Tensor, w0b: torch.Tensor, id
                s: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The same ridge solution through the push-through identity:
     w_S = w0_S + A_S^T (A_S A_S^T + l I)^-1 (y - A_S w0_S). Returns (|S|, r)."""
-    a = system.a
-    a_s = system.product("a64")[:, s]  # (M, |S|)
+    at = system.product("at")  # (D+1, M)
+    at_s = at.index_select(0, s)  # (|S|, M) = A_S^T
     dropped = (~keep).nonzero().squeeze(1)
     if len(dropped) < len(s):  # K_S = K - A_dropped A_dropped^T
-        a_c = a[:, dropped]
-        k = system.product("k") - (a_c @ a_c.T).double()
+        at_c = at.index_select(0, dropped)
+        k = system.product("k") - (at_c.T @ at_c).double()
     else:
-        a_s32 = a[:, s]
-        k = (a_s32 @ a_s32.T).double()
+        k = (at_s.T @ at_s).double()
     k.diagonal().add_(system.lam)
+    at_s64 = at_s.double()
     w0_s = w0b[idx][:, s]  # (r, |S|)
-    resid = system.product("y64")[:, targets] - a_s @ w0_s.T  # (M, r)
-    return w0_s.T + a_s.T @ _spd_solve(k, resid)
+    resid = system.product("y64")[:, targets] - at_s64.T @ w0_s.T  # (M, r)
+    return w0_s.T + at_s64 @ _spd_solve(k, resid)
 
 
 @torch.no_grad()
