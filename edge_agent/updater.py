@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ from edge_agent.state import load_credentials, save_credentials
 from edge_agent.store import Blocked, ModelStore, Pointer
 from edge_agent.telemetry import WindowSummary
 from qsae_shared.accuracy import significant_drop, significant_paired_drop
+from qsae_shared.canonical import canonical_json
 from qsae_shared.errors import ArtifactError, SignatureError, WireFormatError
 from qsae_shared.keyrotation import chain_from_manifest_extra, follow
 from qsae_shared.manifest import Manifest
@@ -75,7 +75,7 @@ def _lost_gained(right_old: np.ndarray, right_new: np.ndarray) -> tuple[int, int
 
 
 def manifest_digest(doc: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(doc)).hexdigest()[:16]
 
 
 class Updater:

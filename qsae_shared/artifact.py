@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from qsae_shared.canonical import canonical_json
 from qsae_shared.errors import ArtifactError
 from qsae_shared.manifest import Manifest
 
@@ -102,8 +103,8 @@ def pack(graph: bytes, tensors: list[PackedTensor], meta: dict[str, Any] | None 
                         "length": len(data)})
         sections.append(data)
         offset += len(data)
-    header = json.dumps({"graph": {"offset": 0, "length": len(graph)}, "tensors": entries,
-                         "meta": meta or {}}, sort_keys=True, separators=(",", ":")).encode()
+    header = canonical_json({"graph": {"offset": 0, "length": len(graph)}, "tensors": entries,
+                             "meta": meta or {}})
     body = struct.pack("<I", len(header)) + header + b"".join(sections)
     return _PREFIX.pack(MAGIC, VERSION) + lzma.compress(body, format=lzma.FORMAT_XZ,
                                                          check=lzma.CHECK_CRC32, preset=preset)

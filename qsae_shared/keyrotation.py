@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from qsae_shared.canonical import SignedDocument
 from qsae_shared.errors import SignatureError, WireFormatError
 from qsae_shared.signing import SigningKey, key_id, verify
 
@@ -38,7 +39,7 @@ MANIFEST_EXTRA_KEY = "key_rotations"  # where a signed manifest carries the serv
 
 
 @dataclass(frozen=True)
-class RotationAnnouncement:
+class RotationAnnouncement(SignedDocument):
     new_key_id: str  # key id of the new key (first 16 hex of the sha256 of its raw public key)
     new_public_key: str  # base64 of the new key's raw 32-byte Ed25519 public key
     signed_by: str  # key id of the key that was current when the rotation happened
@@ -46,17 +47,6 @@ class RotationAnnouncement:
     retire_previous: bool = False  # True: followers stop trusting `signed_by` once they follow this
     signature: str = ""  # base64 Ed25519 over signed_bytes(), by `signed_by`
     schema_version: int = ANNOUNCEMENT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-
-    def signed_bytes(self) -> bytes:
-        d = self.to_dict()
-        d.pop("signature")
-        return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def from_dict(cls, doc: Any) -> RotationAnnouncement:

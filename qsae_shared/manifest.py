@@ -10,9 +10,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from qsae_shared.canonical import SignedDocument
 from qsae_shared.errors import SizeLimitError, WireFormatError
 
 MANIFEST_VERSION = 1
@@ -46,7 +47,7 @@ class PolicyFloors:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(SignedDocument):
     version_id: str  # unique id of this model version
     base_model: str  # registered model name of the dense base
     base_version: str  # version of the dense base this was pruned from
@@ -67,18 +68,6 @@ class Manifest:
     signature: str = ""  # base64 Ed25519 over signed_bytes()
     schema_version: int = MANIFEST_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-
-    def signed_bytes(self) -> bytes:
-        """The canonical bytes the signature covers (everything but the signature)."""
-        d = self.to_dict()
-        d.pop("signature")
-        return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
     def file(self, role: str) -> FileEntry:
         for f in self.files:
