@@ -106,6 +106,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        from workers.runtime_choice import cache_file
+
+        # Local workers share this machine's compute choices, wherever Ray starts them.
+        os.environ.setdefault("FLEET_COMPUTE_CACHE", str(cache_file().resolve()))
         ray.init(num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
                  object_store_memory=256 * 2**20, log_to_driver=False)
 

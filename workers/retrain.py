@@ -166,7 +166,8 @@ def shadow_floor(agreement: float, default: float = PolicyFloors.shadow_agreemen
 
 def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, policy: Policy,
              device_id: str | None, signing_key: SigningKey | None, extra: dict,
-             pruned: bool = True) -> tuple[Manifest, dict[str, bytes], dict[str, float]]:
+             pruned: bool = True, timings: dict[str, float] | None = None,
+             ) -> tuple[Manifest, dict[str, bytes], dict[str, float]]:
     """pruned: False for the dense base, whose confidence profile is measured on labelled images."""
     p = chosen.pruned
     compute = {i: "fp32" for i in nets.weighted_indices(p.spec)}
@@ -174,7 +175,10 @@ def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, polic
     if policy.compute != "fp32":
         from workers.runtime_choice import choose_compute
 
+        t0 = time.perf_counter()
         compute, act = choose_compute(p, calib, policy.compute)
+        if timings is not None:  # measured on a new shape, or read from the cache
+            timings["compute_choice"] = time.perf_counter() - t0
     blob = export.build_artifact(p, compute, act, chosen.method)
     sha = hashlib.sha256(blob).hexdigest()
     contents = artifact.unpack(blob)
@@ -243,8 +247,9 @@ def finish(pruner: Pruner, chosen: search.Candidate, found: list[search.Candidat
     t0 = time.perf_counter()
     extra = {"device_id": device_id, "sketch_seqs": sorted(s.seq for s in sketches),
              "calibration": calib.source}
-    manifest, files, metrics = _package(ck, chosen, calib, policy, device_id, signing_key, extra)
-    timings["export"] = time.perf_counter() - t0
+    manifest, files, metrics = _package(ck, chosen, calib, policy, device_id, signing_key, extra,
+                                        timings=timings)
+    timings["export"] = time.perf_counter() - t0 - timings.get("compute_choice", 0.0)
     seconds = time.perf_counter() - t_start
     metrics["seconds"] = seconds
     manifest = replace(manifest, metrics=dict(metrics))

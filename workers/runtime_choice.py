@@ -6,6 +6,10 @@ Weights are stored int8 either way; only the compute differs. Which wins depends
 and cached per shape: first every layer int8 against every layer fp32, then, from the faster of
 the two, each layer's mode flipped in turn, largest layer first, kept only on a clear win (5 %,
 twice in a row).
+A choice holds for one CPU, one ONNX Runtime and one set of widths, so it is kept on disk
+(`FLEET_COMPUTE_CACHE`, default `.fleet/cache/compute-choice.json`) and measured once per
+machine and shape (about 1.2 s a shape here), not once per retrain: widths come in multiples of
+4, so a fleet's retrains meet the same shapes again and again.
 Starting from whole chains matters: consecutive int8 layers hand uint8 tensors to each other
 (`workers.onnx_graph`), so one int8 layer alone pays a quantize and a dequantize that a chain
 pays once.
@@ -16,8 +20,14 @@ in every version (measured on the pinned CNN, an int8 stem conv with one input c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import platform
 import time
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +38,72 @@ from workers.onnx_graph import ActQuant
 
 log = logging.getLogger(__name__)
 
-_CACHE: dict[str, dict[int, str]] = {}
+_CACHE: dict[str, dict[int, str]] = {}  # this process's choices (those on disk included once read)
+DEFAULT_CACHE_FILE = ".fleet/cache/compute-choice.json"
+MODES = ("fp32", "int8")
+
+
+def cache_file() -> Path:
+    return Path(os.environ.get("FLEET_COMPUTE_CACHE", DEFAULT_CACHE_FILE))
+
+
+@cache
+def machine() -> str:
+    """What a measured choice holds for: this CPU (model and instruction-set flags) and this
+    ONNX Runtime."""
+    import onnxruntime
+
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name":
+                model = value.strip()
+            elif name.strip() == "flags":
+                flags = value.strip()
+    except OSError:
+        pass
+    return hashlib.sha256(f"{model}|{flags}|{onnxruntime.__version__}".encode()).hexdigest()[:16]
+
+
+def _read_disk() -> dict[str, dict]:
+    path = cache_file()
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the compute-choice cache %s: %s", path, exc)
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _stored(key: str, weighted: list[int]) -> dict[int, str] | None:
+    """The choice on disk for `key`, if it is there and names a mode for each weighted layer."""
+    entry = _read_disk().get(key)
+    compute = entry.get("compute") if isinstance(entry, dict) else None
+    if not isinstance(compute, dict):
+        return None
+    try:
+        out = {int(k): v for k, v in compute.items()}
+    except ValueError:
+        return None
+    return out if set(out) == set(weighted) and all(v in MODES for v in out.values()) else None
+
+
+def _store(key: str, compute: dict[int, str], widths: list[int]) -> None:
+    """Add one choice to the file (merged with what other processes wrote meanwhile; atomic)."""
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = _read_disk()
+        doc[key] = {"compute": {str(k): v for k, v in compute.items()}, "widths": widths,
+                    "machine": machine(), "measured_at": time.time()}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only disk costs a re-measurement next time, not the retrain
+        log.warning("could not write the compute-choice cache %s: %s", path, exc)
 
 
 def _model(p: Pruned, compute: dict[int, str], act: dict[int, ActQuant]) -> bytes:
@@ -49,7 +124,10 @@ def choose_compute(p: Pruned, calib: Calibration, mode: str = "auto",
     stem = {i: "fp32" for i in nets.weighted_indices(p.spec) if i < p.spec["stem_end"]}
     if mode in ("fp32", "int8"):
         return {**stem, **{i: mode for i in layers}}, act
-    key = repr(nets.spec_of(p.net, p.spec)["layers"])
+    layer_specs = nets.spec_of(p.net, p.spec)["layers"]
+    key = hashlib.sha256(f"{machine()}|batch {batch}|{layer_specs!r}".encode()).hexdigest()[:24]
+    if key not in _CACHE and (stored := _stored(key, nets.weighted_indices(p.spec))) is not None:
+        _CACHE[key] = stored
     if key not in _CACHE:
         shape = tuple(p.spec["input_shape"])
 
@@ -70,6 +148,7 @@ def choose_compute(p: Pruned, calib: Calibration, mode: str = "auto",
         for i in sorted(layers, key=lambda i: -_layer_macs(p.spec, i)):
             compute, _ = faster(compute, {**compute, i: "fp32" if compute[i] == "int8" else "int8"})
         _CACHE[key] = compute
+        _store(key, compute, [layer["out"] for layer in layer_specs if layer["type"] in nets.WEIGHTED])
         log.info("compute per layer: %s", compute)
     return dict(_CACHE[key]), act
 

@@ -103,12 +103,15 @@ def test_latency_and_retrain_figures_show_their_targets(name):
         texts = [t.get_text() for t in fig.axes[0].texts]
         assert "2.90x" in texts and any("2.5x" in t for t in texts)
     else:
-        doc = {"benchmark": "retrain", "rows": [{"per_device": s} for s in (5.5, 7.0, 8.6)],
+        doc = {"benchmark": "retrain", "rows": [{"per_device": s, "per_device_cold": s + 1.2} for s in (5.5, 7.0, 8.6)],
                "per_device_seconds": 7.0, "fleet": [{"workers": 1, "devices": 32, "seconds": 210.0},
                                                       {"workers": 2, "devices": 32, "seconds": 108.0}],
                "speedup_2_vs_1": 1.94}
         fig = plots.retrain(doc)
         assert "median 7.00 s" in labels(fig.axes[0]) and "1.94x" in fig.axes[1].get_title()
+        assert "measuring its widths' compute choice first" in labels(fig.axes[0])
+        widths = sorted(round(p.get_width(), 1) for p in fig.axes[0].patches)
+        assert widths == [5.5, 6.7, 7.0, 8.2, 8.6, 9.8]  # warm bars over the cold ones
 
 
 def test_mlflow_gets_a_run_per_row_and_the_figure(tmp_path):
