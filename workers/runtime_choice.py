@@ -3,7 +3,7 @@ dequantized at load), whichever runs the whole model faster in ONNX Runtime on t
 
 Weights are stored int8 either way; only the compute differs. Which wins depends on the CPU
 (VNNI or not) and on the widths, so it is measured (batch 64, one thread, interleaved medians)
-and cached per shape: first every layer int8 against every layer fp32, then, from the faster of
+per shape: first every layer int8 against every layer fp32, then, from the faster of
 the two, each layer's mode flipped in turn, largest layer first, kept only on a clear win (5 %,
 twice in a row).
 A choice holds for one CPU, one ONNX Runtime and one set of widths, so it is kept on disk
@@ -78,8 +78,9 @@ def _read_disk() -> dict[str, dict]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _stored(key: str, weighted: list[int]) -> dict[int, str] | None:
-    """The choice on disk for `key`, if it is there and names a mode for each weighted layer."""
+def _stored(key: str, weighted: list[int], stem: dict[int, str]) -> dict[int, str] | None:
+    """The choice on disk for `key`, if it is there, names a mode for each weighted layer and
+    keeps the stem fp32."""
     entry = _read_disk().get(key)
     compute = entry.get("compute") if isinstance(entry, dict) else None
     if not isinstance(compute, dict):
@@ -88,7 +89,8 @@ def _stored(key: str, weighted: list[int]) -> dict[int, str] | None:
         out = {int(k): v for k, v in compute.items()}
     except ValueError:
         return None
-    return out if set(out) == set(weighted) and all(v in MODES for v in out.values()) else None
+    ok = set(out) == set(weighted) and all(v in MODES for v in out.values())
+    return out if ok and all(out[i] == mode for i, mode in stem.items()) else None
 
 
 def _store(key: str, compute: dict[int, str], widths: list[int]) -> None:
@@ -126,7 +128,7 @@ def choose_compute(p: Pruned, calib: Calibration, mode: str = "auto",
         return {**stem, **{i: mode for i in layers}}, act
     layer_specs = nets.spec_of(p.net, p.spec)["layers"]
     key = hashlib.sha256(f"{machine()}|batch {batch}|{layer_specs!r}".encode()).hexdigest()[:24]
-    if key not in _CACHE and (stored := _stored(key, nets.weighted_indices(p.spec))) is not None:
+    if key not in _CACHE and (stored := _stored(key, nets.weighted_indices(p.spec), stem)) is not None:
         _CACHE[key] = stored
     if key not in _CACHE:
         shape = tuple(p.spec["input_shape"])

@@ -46,7 +46,8 @@ def test_another_machine_measures_again(pruned, monkeypatch):
         runtime_choice.choose_compute(p, calib, "auto")
 
 
-@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", '{"KEY": {"compute": {"0": "int4"}}}'])
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", '{"KEY": {"compute": {"0": "int4"}}}',
+                                    '{"KEY": {"compute": {"0": "int8", "3": "fp32", "6": "fp32", "9": "fp32", "11": "fp32"}}}'])
 def test_a_damaged_cache_file_is_measured_over_and_rewritten(pruned, tmp_path, damage, caplog):
     p, calib = pruned
     path = tmp_path / "choice.json"
@@ -55,7 +56,7 @@ def test_a_damaged_cache_file_is_measured_over_and_rewritten(pruned, tmp_path, d
     path.write_text(damage.replace("KEY", key))
     runtime_choice._CACHE.clear()
     compute, _ = runtime_choice.choose_compute(p, calib, "auto")
-    assert set(compute.values()) <= {"fp32", "int8"}
+    assert set(compute.values()) <= {"fp32", "int8"} and compute[0] == "fp32"  # layer 0: the stem
     assert json.loads(path.read_text())[key]["compute"] == {str(k): v for k, v in compute.items()}
     if damage.startswith("{not"):
         assert "ignoring the compute-choice cache" in caplog.text
