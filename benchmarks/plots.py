@@ -144,7 +144,7 @@ def latency(doc: Doc) -> Figure:
 
 
 def retrain(doc: Doc) -> Figure:
-    fig = Figure(figsize=(12, 4), layout="constrained")
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2)
     names = [str(r.get("device", i)) for i, r in enumerate(doc["rows"])]
     cold = [r.get("per_device_cold") for r in doc["rows"]]
@@ -155,7 +155,7 @@ def retrain(doc: Doc) -> Figure:
     left.axvline(doc["per_device_seconds"], color="#444", lw=1, label=f"median {doc['per_device_seconds']:.2f} s")
     left.invert_yaxis()
     left.set(title="one retrain under the default policy,\non one core", xlabel="seconds", ylabel="device (scenario-seed)")
-    left.legend(loc="lower right")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
     fleet = doc.get("fleet") or []
     throughput = [f["devices"] / f["seconds"] * 60 for f in fleet]
     bars = right.bar([f"{f['workers']} worker(s)" for f in fleet], throughput, color="#2ca02c")
