@@ -45,7 +45,7 @@ def main() -> None:
     sketches = {d: runtime.sketches(d[0], seed=d[1]) for d in devices}
 
     scratch = Path(tempfile.mkdtemp(prefix="retrain-bench-"))
-    use_compute_cache(scratch / "warm-up.json")
+    runtime_choice.use_cache_file(scratch / "warm-up.json")
     progress("one untimed retrain first (imports, the base model's validation profile)")
     retrain(ck, sketches[devices[-1]], DEFAULT_POLICY, device_id="warm-up")
     rows = []
@@ -53,7 +53,7 @@ def main() -> None:
         row = {"device": f"{scenario}-{seed}"}
         for state in ("cold", "warm"):  # cold: this process and the disk know no compute choice
             if state == "cold":
-                use_compute_cache(scratch / f"{scenario}-{seed}.json")
+                runtime_choice.use_cache_file(scratch / f"{scenario}-{seed}.json")
             t0 = time.perf_counter()
             r = retrain(ck, sketches[(scenario, seed)], DEFAULT_POLICY, device_id=f"{scenario}-{seed}")
             row[state] = time.perf_counter() - t0
@@ -73,7 +73,7 @@ def main() -> None:
     for workers in (1, 2):
         if ray.is_initialized():
             ray.shutdown()
-        use_compute_cache(scratch / f"fleet-{workers}.json")  # the same (empty) start for both
+        runtime_choice.use_cache_file(scratch / f"fleet-{workers}.json")  # the same (empty) start for both
         init_ray(None, num_cpus=workers)
         task = ray.remote(num_cpus=1)(_retrain_task)
         ck_ref = ray.put(ck)
@@ -96,12 +96,6 @@ def main() -> None:
                per_device_seconds_cold=cold, fleet=fleet, speedup_2_vs_1=speedup,
                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
     plots.save(args.json)
-
-
-def use_compute_cache(path: Path) -> None:
-    """Point this process (and Ray workers started after this) at an empty compute-choice cache."""
-    os.environ["FLEET_COMPUTE_CACHE"] = str(path)
-    runtime_choice._CACHE.clear()
 
 
 if __name__ == "__main__":

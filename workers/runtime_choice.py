@@ -47,6 +47,13 @@ def cache_file() -> Path:
     return Path(os.environ.get("FLEET_COMPUTE_CACHE", DEFAULT_CACHE_FILE))
 
 
+def use_cache_file(path: Path) -> None:
+    """Keep choices in `path` from now on (this process and those it starts), forgetting the ones
+    this process has read (benchmarks: the same cold start for every configuration)."""
+    os.environ["FLEET_COMPUTE_CACHE"] = str(path)
+    _CACHE.clear()
+
+
 @cache
 def machine() -> str:
     """What a measured choice holds for: this CPU (model and instruction-set flags) and this
