@@ -4,6 +4,8 @@ MLflow version with the device's alias and deploys it; running the job again mak
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sqlalchemy import text
 
@@ -89,6 +91,16 @@ def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny, ray_lo
     dispatcher.run_until_idle(timeout_s=60)
     assert store.get_job(promote.id).status == "succeeded"
     assert tracker.version_by_alias("tiny-cnn", "champion") == version.mlflow_version
+
+    # A dispatcher whose cached base is another network under the same version id (the same config
+    # trained again on another CPU) refuses to prune from it, and registers nothing.
+    other = dataclasses.replace(tiny, state={**tiny.state, "0.weight": tiny.state["0.weight"].flip(0)})
+    stranger = Dispatcher(store, tracker, DispatcherConfig(max_parallel=1), checkpoint=other)
+    refused, _ = store.enqueue_job(device_id, "retrain", f"retrain:{device_id}:8:1", "interval")
+    stranger.run_until_idle(timeout_s=60)
+    failed = store.get_job(refused.id)
+    assert failed.status == "failed" and f"not the network of the fleet's base version {base}" in failed.error
+    assert len(store.list_versions(device_id=device_id)) == 1
     store.close()
 
 
