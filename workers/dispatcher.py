@@ -89,7 +89,8 @@ def _train_base_task(checkpoint: Any) -> dict[str, Any]:
     result = export_base(ck)
     return {"manifest": result.manifest.to_json(), "files": result.files, "metrics": result.metrics,
             "train_metrics": ck.metrics, "train_config": ck.config, "candidates": [],
-            "meets_policy": True, "method": "int8", "seconds": result.seconds + ck.seconds}
+            "meets_policy": True, "method": "int8", "seconds": result.seconds + ck.seconds,
+            "checkpoint": ck.to_bytes()}
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -218,10 +219,26 @@ class Dispatcher:
         from workers.training import load_base
 
         if self._checkpoint_ref_cache is None:
-            ck = self._checkpoint if self._checkpoint is not None else load_base(self.models_dir)
+            ck = self._checkpoint if self._checkpoint is not None else self._fleet_base()
+            ck = ck if ck is not None else load_base(self.models_dir)
             self._check_base(ck)
             self._checkpoint_ref_cache = self.ray.put(ck)
         return self._checkpoint_ref_cache
+
+    def _fleet_base(self) -> Any:
+        """The checkpoint the fleet's latest base version was exported from, as its base job kept
+        it in the artifact store (None before any base job has, or if the file is gone)."""
+        from workers.training import Checkpoint
+
+        for v in self.store.list_versions(fleet_wide=True):  # newest first
+            if v.job_id is None:
+                continue
+            sha = (self.store.get_job(v.job_id).result or {}).get("checkpoint_sha256")
+            path = self.store.artifact_path(sha) if sha else None
+            if path is not None:
+                logger.info("base model restored from the artifact store (%s, base version %s)", sha[:12], v.id)
+                return Checkpoint.from_bytes(path.read_bytes(), source=f"artifact {sha}")
+        return None
 
     def _check_base(self, ck: Any) -> None:
         """Refuse to prune from another network than the base the fleet runs. A base version id
@@ -238,7 +255,7 @@ class Dispatcher:
 
         stem_end = ck.spec["stem_end"]
         mine = ck.network()[:stem_end].state_dict()
-        for v in self.store.list_versions(base_model=ck.name):
+        for v in self.store.list_versions(base_model=ck.name, fleet_wide=True):
             manifest = self.store.version_manifest(v.id)
             path = self.store.artifact_path(manifest.files[0].sha256)
             if manifest.device_id is not None or manifest.base_version != ck.base_version or path is None:
@@ -334,6 +351,9 @@ class Dispatcher:
     def _finish_base(self, job: JobPublic, result: dict[str, Any]) -> None:
         manifest = Manifest.from_json(result["manifest"])
         self._store_files(result["files"])
+        # The fp32 network every later retrain prunes from, kept with the fleet's artifacts: a
+        # dispatcher that starts elsewhere restores it instead of training another one.
+        checkpoint_sha = self.store.put_artifact(result["checkpoint"])
         run_id = self.tracker.log_run(RunRecord(
             run_name=f"base-{manifest.base_model}",
             params={"method": "int8", **{f"train.{k}": v for k, v in result["train_config"].items()
@@ -341,7 +361,8 @@ class Dispatcher:
             metrics={**{f"test_accuracy.{k}": v for k, v in result["train_metrics"].items()},
                      **{k: v for k, v in result["metrics"].items()}},
             tags={"kind": "base", "job_id": str(job.id), "base_version": manifest.base_version},
-            artifacts={"manifest.json": manifest.to_json(), **result["files"]}))
+            artifacts={"manifest.json": manifest.to_json(), "checkpoint.pt": result["checkpoint"],
+                       **result["files"]}))
         mlflow_version = self.tracker.register_version(
             manifest.base_model, run_id, {"kind": "base", "base_version": manifest.base_version},
             aliases=["base", "champion"])
@@ -353,7 +374,8 @@ class Dispatcher:
             if d.desired_version is None and not d.pinned and d.revoked_at is None:
                 self.store.set_desired_version(d.id, v.id, reason=f"base version (job {job.id})")
                 assigned += 1
-        self.store.complete_job(job.id, version_id=v.id, result={**result["metrics"], "assigned": assigned})
+        self.store.complete_job(job.id, version_id=v.id, result={**result["metrics"], "assigned": assigned,
+                                                                 "checkpoint_sha256": checkpoint_sha})
         logger.info("job %s: base version %s registered (MLflow %s v%s), assigned to %d devices",
                     job.id, v.id, manifest.base_model, mlflow_version, assigned)
 

@@ -8,8 +8,10 @@ benchmarks, the demo and the workers load it instead of retraining.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,25 +64,40 @@ class Checkpoint:
     def name(self) -> str:
         return str(self.spec.get("name", "model"))
 
+    def _doc(self) -> dict[str, Any]:
+        return {"spec": self.spec, "state": self.state, "config": self.config, "metrics": self.metrics,
+                "base_version": self.base_version, "seconds": self.seconds}
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"spec": self.spec, "state": self.state, "config": self.config,
-                    "metrics": self.metrics, "base_version": self.base_version,
-                    "seconds": self.seconds}, tmp)
+        torch.save(self._doc(), tmp)
         tmp.replace(path)
         path.with_suffix(".json").write_text(json.dumps(
-            {"spec": self.spec, "config": self.config, "metrics": self.metrics,
-             "base_version": self.base_version, "seconds": self.seconds}, indent=2))
+            {k: v for k, v in self._doc().items() if k != "state"}, indent=2))
+
+    def to_bytes(self) -> bytes:
+        """The same content as `save` writes (the fleet keeps it in its artifact store)."""
+        buf = io.BytesIO()
+        torch.save(self._doc(), buf)
+        return buf.getvalue()
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
+        return cls._read(path, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "bytes") -> Checkpoint:
+        return cls._read(io.BytesIO(data), source)
+
+    @classmethod
+    def _read(cls, f: Any, source: str) -> Checkpoint:
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
+            d = torch.load(f, map_location="cpu", weights_only=True)
             ck = cls(**d)
             ck.network()
-        except (OSError, RuntimeError, TypeError, KeyError) as exc:
-            raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+        except (OSError, RuntimeError, TypeError, KeyError, pickle.UnpicklingError) as exc:
+            raise CheckpointError(f"cannot load checkpoint {source}: {exc}") from exc
         return ck
 
 

@@ -166,9 +166,9 @@ class FleetStore:
         return VersionPublic.model_validate(self.db.run(versions.set_status, version_id, status, actor=actor))
 
     def list_versions(self, device_id: str | None = None, base_model: str | None = None,
-                      status: str | None = None, limit: int = 100) -> list[VersionPublic]:
+                      status: str | None = None, limit: int = 100, fleet_wide: bool = False) -> list[VersionPublic]:
         items, _ = self.db.run(versions.list_versions, device_id=device_id, base_model=base_model,
-                               status=status, limit=limit)
+                               status=status, limit=limit, fleet_wide=fleet_wide)
         return [VersionPublic.model_validate(v) for v in items]
 
     # --- devices ---------------------------------------------------------------------------

@@ -117,10 +117,14 @@ def set_status(s: Session, version_id: str, status: str, *, actor: str) -> Model
 
 
 def list_versions(s: Session, *, device_id: str | None = None, base_model: str | None = None,
-                  status: str | None = None, limit: int = 100, offset: int = 0) -> tuple[list[ModelVersion], int]:
+                  status: str | None = None, limit: int = 100, offset: int = 0,
+                  fleet_wide: bool = False) -> tuple[list[ModelVersion], int]:
+    """fleet_wide: only the versions built for no one device (the base versions)."""
     q = select(ModelVersion)
     if device_id:
         q = q.where(ModelVersion.device_id == device_id)
+    if fleet_wide:
+        q = q.where(ModelVersion.device_id.is_(None))
     if base_model:
         q = q.where(ModelVersion.base_model == base_model)
     if status:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import ray
+import torch
 from sqlalchemy import text
 
 from control_plane.db.migrate import upgrade
@@ -42,7 +44,11 @@ def test_select_sketches_stops_at_a_drift_and_at_the_calibration_size(tiny):
     assert len(select_recent(old + new, calibration_size=1, drift_threshold=0.02)) == 1
 
 
-def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny, ray_local):
+def _no_training(*args, **kwargs):
+    raise AssertionError("trained a base model although the fleet keeps one")
+
+
+def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny, ray_local, monkeypatch):
     settings = Settings(state_dir=tmp_path, calibration_size=256)
     upgrade(str(settings.database_url))
     store = FleetStore(settings)
@@ -52,11 +58,20 @@ def test_base_then_retrain_registers_and_deploys_versions(tmp_path, tiny, ray_lo
                              base_model="tiny-cnn", actor="test", enrollment_ttl_s=60)
     device_id = device.id
 
-    store.enqueue_job(None, "train_base", "base:tiny-cnn", "initial training")
+    base_job, _ = store.enqueue_job(None, "train_base", "base:tiny-cnn", "initial training")
     assert dispatcher.run_until_idle(timeout_s=300) == 1
     base = store.get_device(device_id).desired_version
     assert base is not None and store.version_manifest(base).device_id is None
     assert tracker.version_by_alias("tiny-cnn", "champion") == "1"
+
+    # The base job kept the fp32 checkpoint with the fleet's artifacts: a dispatcher started
+    # elsewhere, with an empty models folder, restores it instead of training another network.
+    assert store.artifact_path(store.get_job(base_job.id).result["checkpoint_sha256"]) is not None
+    monkeypatch.setattr("workers.training.load_base", _no_training)
+    elsewhere = Dispatcher(store, tracker, models_dir=tmp_path / "empty")
+    restored = ray.get(elsewhere._checkpoint_ref())
+    assert restored.base_version == tiny.base_version
+    assert all(torch.equal(restored.state[k], t) for k, t in tiny.state.items())
 
     for blob in device_sketches(tiny, device_id, 8):
         store.db.run(sketch_service.store_sketch, device_id, blob, parse_sketch(blob))
