@@ -219,9 +219,12 @@ class Dispatcher:
         from workers.training import load_base
 
         if self._checkpoint_ref_cache is None:
-            ck = self._checkpoint if self._checkpoint is not None else self._fleet_base()
-            ck = ck if ck is not None else load_base(self.models_dir)
-            self._check_base(ck)
+            ck, source = self._checkpoint, "the dispatcher's caller"
+            if ck is None:
+                ck, source = self._fleet_base(), "the artifact store"
+            if ck is None:
+                ck, source = load_base(self.models_dir), str(self.models_dir)
+            self._check_base(ck, source)
             self._checkpoint_ref_cache = self.ray.put(ck)
         return self._checkpoint_ref_cache
 
@@ -240,7 +243,7 @@ class Dispatcher:
                 return Checkpoint.from_bytes(path.read_bytes(), source=f"artifact {sha}")
         return None
 
-    def _check_base(self, ck: Any) -> None:
+    def _check_base(self, ck: Any, source: str) -> None:
         """Refuse to prune from another network than the base the fleet runs. A base version id
         names the spec and the training config, not the weights, and the same config trained on
         another CPU is another network (float rounding differs between CPUs' kernels: 92.36 %
@@ -258,14 +261,14 @@ class Dispatcher:
         for v in self.store.list_versions(base_model=ck.name, fleet_wide=True):
             manifest = self.store.version_manifest(v.id)
             path = self.store.artifact_path(manifest.files[0].sha256)
-            if manifest.device_id is not None or manifest.base_version != ck.base_version or path is None:
+            if manifest.base_version != ck.base_version or path is None:
                 continue
             theirs = pruned_from_artifact(path.read_bytes()).net[:stem_end].state_dict()
             if not all(torch.allclose(round_trip(t) if k.endswith("weight") else t, theirs[k], atol=1e-6)
                        for k, t in mine.items()):
                 raise CheckpointError(
-                    f"the base model this dispatcher loaded ({ck.name} {ck.base_version}, from "
-                    f"{self.models_dir if self._checkpoint is None else 'its caller'}) is not the network "
+                    f"the base model this dispatcher loaded ({ck.name} {ck.base_version}, from {source}) "
+                    f"is not the network "
                     f"of the fleet's base version {v.id}: same config, other weights (trained again, on "
                     "another machine?). Restore the checkpoint the fleet was built from; pruning "
                     "from this one would calibrate its layers on the devices' stem outputs")
