@@ -34,6 +34,7 @@ CONFIDENCE_IMAGES = 2000  # validation images behind each version's confidence p
 class BaseProfile:
     hist_edges: np.ndarray  # (C, HIST_BINS + 1)
     val_stem: torch.Tensor  # (V, C, H, W) stem outputs of the held-out validation images
+    val_inputs: np.ndarray  # (V, 1, 28, 28) the same images as network inputs (preprocessed)
     val_labels: np.ndarray  # (V,)
     val_probs: np.ndarray  # (V, K) the base model's softmax outputs on them
 
@@ -55,10 +56,11 @@ def base_profile(ck: Checkpoint) -> BaseProfile:
     val01 = train.images[len(train) - n_val:][:CONFIDENCE_IMAGES].astype(np.float32) / 255
     half = len(val01) // 2
     mixed = np.concatenate([val01[:half], augment(val01[half:], AugmentConfig(clean_share=0.0), rng)])
-    val_stem = torch.from_numpy(calibration.stem_outputs(net, spec, preprocess(mixed)))
+    val_inputs = preprocess(mixed)
+    val_stem = torch.from_numpy(calibration.stem_outputs(net, spec, val_inputs))
     with torch.no_grad():
         val_probs = torch.softmax(nets.head(net, spec)(val_stem), 1).numpy()
-    prof = BaseProfile(edges, val_stem, train.labels[len(train) - n_val:][:CONFIDENCE_IMAGES].copy(), val_probs)
+    prof = BaseProfile(edges, val_stem, val_inputs, train.labels[len(train) - n_val:][:CONFIDENCE_IMAGES].copy(), val_probs)
     _CACHE[ck.base_version] = prof
     return prof
 
@@ -97,7 +99,8 @@ def _pooled_accuracy(conf: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Tensor,
-                       reference_logits: torch.Tensor | None = None) -> ConfidenceProfile:
+                       reference_logits: torch.Tensor | None = None,
+                       val_logits: np.ndarray | None = None) -> ConfidenceProfile:
     """Accuracy per confidence bin, and the share per bin on the calibration set.
 
     Without `reference_logits` (the base model's logits on `calib_stem`) the accuracy per bin is measured on the labelled
@@ -106,10 +109,15 @@ def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Ten
     validated accuracy at the reference's confidence where the two agree, and the validated rate
     at which it is right against a wrong reference where they do not. (A footwear-only version is
     confidently wrong on the validation set's shirts, which says nothing about its footwear.)
+
+    val_logits: the version's logits on `prof.val_inputs`, as ONNX Runtime computes them from the
+    artifact (3.5x faster than `head` on the validation stems here, and what the device runs);
+    without them `head` computes them.
     """
     edges = np.linspace(0.0, 1.0, CONFIDENCE_BINS + 1)
     with torch.no_grad():
-        probs = torch.softmax(head(prof.val_stem), 1).numpy()  # (V, K)
+        val = torch.from_numpy(val_logits) if val_logits is not None else head(prof.val_stem)
+        probs = torch.softmax(val, 1).numpy()  # (V, K)
         cal_probs = torch.softmax(head(calib_stem), 1).numpy()  # (N, K)
     acc = _per_bin_accuracy(probs.max(1), probs.argmax(1) == prof.val_labels, edges)
     cal_conf, cal_pred = cal_probs.max(1), cal_probs.argmax(1)

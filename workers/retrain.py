@@ -194,7 +194,9 @@ def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, polic
     with torch.no_grad():
         agreement = float((head(calib.stem_out).argmax(1) == calib.logits.argmax(1)).float().mean())
     metrics["calibration_agreement"] = agreement  # with the base, on the device's calibration set
-    confidence = profile.confidence_profile(head, prof, calib.stem_out, calib.logits if pruned else None)
+    val_logits, _ = export.run(export.session(artifact.to_onnx(contents)), prof.val_inputs)
+    confidence = profile.confidence_profile(head, prof, calib.stem_out, calib.logits if pruned else None,
+                                            val_logits=val_logits)
     # What the agent's label-free estimate says of this version on the data it was calibrated on.
     metrics["estimated_accuracy"] = float(np.dot(confidence.reference_hist, confidence.accuracy))
     method = {"criterion": chosen.criterion, "recovery": chosen.recovery, "method": chosen.method,
