@@ -10,8 +10,9 @@ round by round after a warm-up, and reported as the median. A round runs each mo
 batch 1 and 10 times at batch 64, back to back, as a device runs its one model: with 2 runs a
 round at batch 64, the first run after a switch between four models weighed enough to take the
 default artifact's speed-up from 2.64x to 2.22x on session 6's CPU (sequential runs: 2.67x).
-`--profile` also prints (and writes to the JSON) ONNX Runtime's per-operator times of `dense_fp32` and `default_artifact` at batch 64,
-one thread, after its graph optimizations (so fused and layout-changed operators show as such).
+`--profile` also prints (and writes to the JSON) ONNX Runtime's per-operator times of `dense_fp32`
+and `default_artifact` at batch 64, one thread, after its graph optimizations (so fused and
+layout-changed operators show as such).
 """
 
 from __future__ import annotations
