@@ -96,12 +96,15 @@ class LayerSystem:
             if name in ("gram", "rhs"):  # the primal: float32 products, solved in float64
                 p["gram"] = (self.a.T @ self.a).double()  # (D+1, D+1)
                 p["rhs"] = (self.a.T @ self.y).double()  # (D+1, dense outputs)
-            else:  # the dual (M x M)
-                # One input column per row, so that a row's kept columns are one contiguous
-                # index_select (a column gather of `a` cost several times the solve).
+            elif name == "at":  # the dual: one input column per row, so that a row's kept columns are
+                # one contiguous index_select (a column gather of `a` cost several times the solve)
                 p["at"] = self.a.T.contiguous()  # (D+1, M)
-                p["k"] = (self.a @ self.a.T).double()
-                p["y64"] = self.y.double()
+            elif name == "k":  # only where rows keep most of their inputs (K_S = K - A_dropped A_dropped^T)
+                p["k"] = (self.a @ self.a.T).double()  # (M, M)
+            elif name == "y64":
+                p["y64"] = self.y.double()  # (M, dense outputs)
+            else:
+                raise KeyError(name)
         return p[name]
 
 
