@@ -13,7 +13,9 @@ entry per weight tensor:
     "float32":     raw float32 values (biases).
 `compute` is how the runtime uses it: "fp32" means the unpacker writes float32 weights
 (q * scale; the layer computes in fp32), "int8" means it writes the int8 tensor as `name` plus
-`name_scale` (fp32) and `name_zero_point` (int8 zeros) for a QLinear operator.
+`name_scale` (fp32) and `name_zero_point` for a QLinear operator: int8 with zero point 0, or, on
+CPUs whose int8 kernels would saturate, the same values as uint8 + 128 with zero point 128
+(`qsae_shared.cpu`).
 
 `materialize` verifies the manifest's sizes and sha256 digests, unpacks, and writes an ONNX
 model that ONNX Runtime loads directly: the weights are appended to the graph as protobuf
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from qsae_shared import cpu
 from qsae_shared.canonical import canonical_json
 from qsae_shared.errors import ArtifactError
 from qsae_shared.manifest import Manifest
@@ -45,7 +48,7 @@ MAX_UNPACKED_BYTES = 64 * 1024 * 1024  # refuse to inflate anything larger (deco
 ENCODINGS = ("masked-int8", "int8", "float32")
 COMPUTES = ("fp32", "int8")
 _PREFIX = struct.Struct("<4sH")
-_ONNX_FLOAT, _ONNX_INT8 = 1, 3
+_ONNX_FLOAT, _ONNX_UINT8, _ONNX_INT8 = 1, 2, 3
 
 
 @dataclass
@@ -212,28 +215,37 @@ def _field(number: int, payload: bytes) -> bytes:
 
 
 def _tensor_proto(name: str, array: np.ndarray) -> bytes:
-    dtype = {np.dtype("float32"): _ONNX_FLOAT, np.dtype("int8"): _ONNX_INT8}[array.dtype]
+    dtype = {np.dtype("float32"): _ONNX_FLOAT, np.dtype("int8"): _ONNX_INT8,
+             np.dtype("uint8"): _ONNX_UINT8}[array.dtype]
     dims = b"".join(_varint(1 << 3 | 0) + _varint(int(d)) for d in array.shape)
     return (dims + _varint(2 << 3 | 0) + _varint(dtype) + _field(8, name.encode())
             + _field(9, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()))
 
 
-def initializers(tensor: PackedTensor) -> list[tuple[str, np.ndarray]]:
-    """The ONNX initializers one packed tensor becomes, by its compute mode."""
+def initializers(tensor: PackedTensor, int8_weights: str = "s8") -> list[tuple[str, np.ndarray]]:
+    """The ONNX initializers one packed tensor becomes, by its compute mode; an int8-compute
+    weight as int8 ("s8") or as the same values in uint8 + 128 ("u8", see `qsae_shared.cpu`)."""
     if tensor.scales is None:
         return [(tensor.name, tensor.values.astype(np.float32))]
     if tensor.compute == "int8":
-        return [(tensor.name, tensor.values.astype(np.int8)),
-                (f"{tensor.name}_scale", tensor.scales.astype(np.float32)),
-                (f"{tensor.name}_zero_point", np.zeros(len(tensor.scales), np.int8))]
+        if int8_weights not in cpu.INT8_WEIGHT_FORMATS:
+            raise ArtifactError(f"int8 weights must be one of {cpu.INT8_WEIGHT_FORMATS}, not {int8_weights!r}")
+        q = tensor.values.astype(np.int8)
+        zero_point = np.zeros(len(tensor.scales), np.int8)
+        if int8_weights == "u8":
+            q, zero_point = (q.astype(np.int16) + 128).astype(np.uint8), np.full(len(tensor.scales), 128, np.uint8)
+        return [(tensor.name, q), (f"{tensor.name}_scale", tensor.scales.astype(np.float32)),
+                (f"{tensor.name}_zero_point", zero_point)]
     view = (-1,) + (1,) * (tensor.values.ndim - 1)
     return [(tensor.name, tensor.values.astype(np.float32) * tensor.scales.reshape(view))]
 
 
-def to_onnx(contents: Contents) -> bytes:
-    """The runnable ONNX model: the graph with every tensor appended as an initializer."""
+def to_onnx(contents: Contents, int8_weights: str | None = None) -> bytes:
+    """The runnable ONNX model: the graph with every tensor appended as an initializer, int8
+    weights in the form this CPU computes exactly (`qsae_shared.cpu`) unless told otherwise."""
+    fmt = int8_weights or cpu.int8_weight_format()
     inits = b"".join(_field(5, _tensor_proto(name, arr))
-                     for t in contents.tensors.values() for name, arr in initializers(t))
+                     for t in contents.tensors.values() for name, arr in initializers(t, fmt))
     return contents.graph + _field(7, inits)
 
 

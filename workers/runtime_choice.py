@@ -24,13 +24,13 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from qsae_shared import cpu
 from workers import export, nets
 from workers.calibration import Calibration
 from workers.masks import Pruned
@@ -56,21 +56,13 @@ def use_cache_file(path: Path) -> None:
 
 @cache
 def machine() -> str:
-    """What a measured choice holds for: this CPU (model and instruction-set flags) and this
-    ONNX Runtime."""
+    """What a measured choice holds for: this CPU (model and instruction-set flags), the form of
+    its int8 weights (`qsae_shared.cpu`) and this ONNX Runtime."""
     import onnxruntime
 
-    model, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "model name":
-                model = value.strip()
-            elif name.strip() == "flags":
-                flags = value.strip()
-    except OSError:
-        pass
-    return hashlib.sha256(f"{model}|{flags}|{onnxruntime.__version__}".encode()).hexdigest()[:16]
+    model, flags = cpu.model_and_flags()
+    key = f"{model}|{' '.join(sorted(flags))}|{cpu.int8_weight_format()}|{onnxruntime.__version__}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _read_disk() -> dict[str, dict]:

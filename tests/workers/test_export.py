@@ -23,8 +23,8 @@ def _pruned(net, spec, calib, amount=0.6):
     return p
 
 
-def _onnx(p, compute=None, act=None):
-    return artifact.to_onnx(artifact.unpack(export.build_artifact(p, compute, act)))
+def _onnx(p, compute=None, act=None, int8_weights=None):
+    return artifact.to_onnx(artifact.unpack(export.build_artifact(p, compute, act)), int8_weights)
 
 
 def test_fp32_compute_onnx_runtime_matches_the_torch_simulation(tiny_cnn):
@@ -40,16 +40,19 @@ def test_fp32_compute_onnx_runtime_matches_the_torch_simulation(tiny_cnn):
     np.testing.assert_allclose(stem, dense_stem, atol=1e-2, rtol=1e-2)
 
 
+# This CPU's own weight form (None) and uint8 + 128, which every CPU computes exactly; int8
+# weights ("s8") saturate on x86 without VNNI (qsae_shared.cpu), so they are not asserted here.
+@pytest.mark.parametrize("int8_weights", [None, "u8"])
 @pytest.mark.parametrize("pattern", ["int8 int8 int8 int8", "int8 int8 fp32 fp32", "fp32 int8 int8 fp32",
                                      "int8 fp32 int8 int8"])
-def test_int8_compute_onnx_runtime_matches_the_torch_simulation(tiny_cnn, pattern):
+def test_int8_compute_onnx_runtime_matches_the_torch_simulation(tiny_cnn, pattern, int8_weights):
     net, spec, calib = tiny_cnn
     p = _pruned(net, spec, calib, amount=0.3)
     compute, act = runtime_choice.choose_compute(p, calib, "int8")
     assert [compute[i] for i in nets.weighted_indices(spec)] == ["fp32", "int8", "int8", "int8", "int8"]
     compute.update(zip(nets.weighted_indices(spec)[1:], pattern.split(), strict=True))
     x = inputs(spec, 256, seed=6)
-    logits, _ = export.run(export.session(_onnx(p, compute, act)), x)
+    logits, _ = export.run(export.session(_onnx(p, compute, act, int8_weights)), x)
     with torch.no_grad():
         want = export.simulate(p.net, spec, compute, act)(torch.from_numpy(x)).numpy()
     spread = float(want.std())
