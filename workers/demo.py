@@ -323,16 +323,12 @@ def replay_streams(report: Any, scenario: dict[str, Any]) -> Iterator[tuple[Any,
 
 def dense_correct(report: Any, scenario: dict[str, Any], ck: Any) -> list[tuple[Any, Any]]:
     """The dense fp32 network on exactly the images each device saw: per device, (which images it
-    classified right, each image's phase index), in stream order."""
-    import torch
+    classified right, each image's phase index), in stream order. Run in ONNX Runtime, as the
+    deployed models and `benchmarks.dynamic`'s dense row are."""
+    from workers import export
 
-    net = ck.network()
-    out = []
-    for x, y, phases in replay_streams(report, scenario):
-        with torch.no_grad():
-            pred = net(torch.from_numpy(x)).argmax(1).numpy()
-        out.append((pred == y, phases))
-    return out
+    sess = export.session(export.dense_onnx(ck.network(), ck.spec))
+    return [(export.logits(sess, x).argmax(1) == y, phases) for x, y, phases in replay_streams(report, scenario)]
 
 
 def draw_stream(store: Any, report: Any, scenario: dict[str, Any], dense: list[tuple[Any, Any]], path: Path) -> Path:
