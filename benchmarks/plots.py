@@ -75,7 +75,8 @@ def compression(doc: Doc) -> Figure:
         _limits(ax, [r for r in full if r["method"] != "int8" and r["compression_ratio"] > 1])
         ax.axhline(0, color="#bbb", lw=0.8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     _per_device(axes[2], rows)
     fig.suptitle(f"Compression against accuracy ({doc.get('seeds', 1)} seed(s), ONNX Runtime, int8)")
     return fig
