@@ -119,7 +119,7 @@ class Pruner:
             timings[f"score:{criterion}"] = self.score_seconds.get(criterion, 0.0)
             t0 = time.perf_counter()
             build = search.builder(self.net, self.spec, scores, policy, judge)
-            size = search.sizer(self.net, self.spec, scores, policy)
+            size = search.sizer(self.net, self.spec, scores, policy, judge.size)
             found += search.bisect(build, policy, size)
             timings[f"search:{criterion}"] = time.perf_counter() - t0
         for name, p in (fallbacks or {}).items():
@@ -144,7 +144,7 @@ class Pruner:
         mask = masks.build(self.spec, scores, chosen.amount, policy.schedule)
         pruned = masks.shrink(self.net, mask, self.spec)
         recover(pruned, self.net, self.spec, self.calib, policy.recovery)
-        size = len(export.build_artifact(pruned))
+        size = export.shipped_size(pruned, self.calib, policy.compute, chosen.method)  # once: exact
         refit = replace(chosen, pruned=pruned, artifact_bytes=size,
                         compression_ratio=compression_ratio(nets.param_count(self.spec), size),
                         params_kept=pruned.kept_params(), notes={**chosen.notes, "refit_all": True})

@@ -73,6 +73,29 @@ def widths(spec: nets.Spec) -> list[int]:
     return [layer["out"] for layer in spec["layers"] if layer["type"] in nets.WEIGHTED]
 
 
+class ShippedSize:
+    """Bytes of a pruned network's artifact as it will ship (`export.shipped_size`), so that a
+    compression judged in the search holds for the file. The int8 layout's quantize nodes and
+    activation ranges add the same few hundred bytes to every candidate of one network (give or
+    take a few bytes of lzma), and its ranges take a pass over the calibration set (0.1 s here),
+    so that overhead is measured exactly once and added to the cheap fp32 layout's size after,
+    with a margin for the lzma jitter (measured: 4 to 60 bytes), so the estimate errs large."""
+
+    MARGIN = 96  # bytes
+
+    def __init__(self, calib: Calibration, compute: str) -> None:
+        self.calib, self.compute = calib, compute
+        self.overhead: int | None = None  # int8 layout bytes - fp32 layout bytes, once measured
+
+    def __call__(self, pruned: Pruned, method: str | None = None) -> int:
+        plain = len(export.build_artifact(pruned, method=method))
+        if self.compute == "fp32":
+            return plain
+        if self.overhead is None:
+            self.overhead = export.shipped_size(pruned, self.calib, self.compute, method) - plain + self.MARGIN
+        return plain + self.overhead
+
+
 class Judge:
     """Scores pruned networks under one policy on one calibration set (k-fold cross-fitting)."""
 
@@ -82,6 +105,7 @@ class Judge:
         self.calib = calib
         self.folds = calib.folds(policy.folds)
         self.policy = policy
+        self.size = ShippedSize(calib, policy.compute)
 
     def kl(self, pruned: Pruned, judge: Calibration | None = None) -> float:
         judge = judge or self.calib
@@ -91,11 +115,11 @@ class Judge:
 
     def candidate(self, pruned: Pruned, kl: float, criterion: str, amount: float, recovery: str,
                   started: float) -> Candidate:
-        size = len(export.build_artifact(pruned))
-        ratio = compression_ratio(self.dense_params, size)
-        c = Candidate(criterion, amount, recovery, pruned, kl, size, ratio, pruned.kept_params(),
-                      nets.macs(pruned.spec), seconds=time.perf_counter() - started)
+        c = Candidate(criterion, amount, recovery, pruned, kl, 0, 0.0, pruned.kept_params(), nets.macs(pruned.spec))
+        c.artifact_bytes = self.size(pruned, c.method)
+        c.compression_ratio = compression_ratio(self.dense_params, c.artifact_bytes)
         c.meets_policy = self.meets(c)
+        c.seconds = time.perf_counter() - started
         return c
 
     def __call__(self, pruned: Pruned, criterion: str, amount: float, recovery: str,
@@ -133,7 +157,8 @@ def builder(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy,
     return build
 
 
-def sizer(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy) -> Callable[[float], float]:
+def sizer(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy,
+          shipped: ShippedSize) -> Callable[[float], float]:
     """Compression ratio at an amount without recovery (the mask sets the size; a re-fit only
     changes the int8 values a little)."""
     dense_params = nets.param_count(spec)
@@ -141,7 +166,7 @@ def sizer(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy) -> Ca
     def size(amount: float) -> float:
         pruned = masks.shrink(net, masks.build(spec, scores, amount, policy.schedule), spec)
         quantize_weights(pruned, spec["stem_end"])
-        return compression_ratio(dense_params, len(export.build_artifact(pruned)))
+        return compression_ratio(dense_params, shipped(pruned))
     return size
 
 

@@ -13,7 +13,7 @@ from qsae_shared.manifest import Manifest
 from qsae_shared.signing import SigningKey, verify_manifest
 from qsae_shared.sketch import SketchBuilder, parse_sketch
 from tests.tiny_model import device_sketches, tiny_checkpoint
-from workers import export
+from workers import export, search
 from workers.errors import CalibrationError, PolicyError
 from workers.policy import Policy
 from workers.retrain import MODEL_FILE, retrain, shadow_floor
@@ -71,6 +71,21 @@ def test_the_global_mask_competes_as_a_fallback_and_wins_when_it_is_better(tiny,
     assert fallback["kl"] > 0  # judged on this device's own calibration set
     assert r.chosen.criterion == "fallback:global"
     assert r.metrics["compression_ratio"] >= 9.0
+
+
+@pytest.mark.parametrize("compute", ["fp32", "int8"])
+def test_the_size_the_search_judges_is_the_size_of_the_file_it_ships(tiny, sketches, compute):
+    # One fold: no re-fit on the whole set after the search, so the chosen network is the shipped one.
+    policy = replace(POLICY, mode="target_compression", target_compression=6.0, min_compression=1.0,
+                     compute=compute, folds=1)
+    r = retrain(tiny, sketches, policy)
+    shipped = len(r.files[MODEL_FILE])
+    assert r.metrics["artifact_bytes"] == shipped
+    if compute == "fp32":
+        assert r.chosen.artifact_bytes == shipped
+    else:  # the int8 layout's overhead measured once, with a margin: never below the file, barely above
+        assert shipped <= r.chosen.artifact_bytes <= shipped + 2 * search.ShippedSize.MARGIN
+    assert r.metrics["compression_ratio"] >= 6.0
 
 
 def test_sketches_of_another_base_model_or_stem_are_rejected_with_a_clear_error(tiny, sketches):
