@@ -79,7 +79,7 @@ class ShippedSize:
     activation ranges add the same few hundred bytes to every candidate of one network (give or
     take a few bytes of lzma), and its ranges take a pass over the calibration set (0.1 s here),
     so that overhead is measured exactly once and added to the cheap fp32 layout's size after,
-    with a margin for the lzma jitter (measured: 4 to 60 bytes), so the estimate errs large."""
+    with a margin for lzma's jitter (4 bytes on the tests' tiny CNN), so the estimate errs large."""
 
     MARGIN = 96  # bytes
 
