@@ -199,7 +199,7 @@ class Bench:
             build = search.builder(pruner.net, pruner.spec, pruner.scores(criterion, policy.qsae),
                                    policy, judge)
             for a in amounts:
-                c = pruner.refit_on_all(policy, build(float(a)))  # as shipped: re-fitted on all samples
+                c = pruner.refit_on_all(policy, build(float(a)), judge.size)  # as shipped: re-fitted on all samples
                 with torch.no_grad():
                     acc = float((c.pruned.net(torch.from_numpy(xv)).argmax(1).numpy() == yv).mean())
                 if dense_val - acc <= 0.01 and (best is None or c.compression_ratio > best.compression_ratio):

@@ -131,22 +131,23 @@ class Pruner:
                         policy.describe(), chosen.method, chosen.kl, chosen.compression_ratio)
         if policy.refit_all and policy.folds > 1 and not chosen.criterion.startswith("fallback:"):
             t0 = time.perf_counter()
-            chosen = self.refit_on_all(policy, chosen)
+            chosen = self.refit_on_all(policy, chosen, judge.size)
             timings["refit_all"] = time.perf_counter() - t0
         if not fallbacks:
             self._searched[policy] = (chosen, found)
         return chosen, found
 
-    def refit_on_all(self, policy: Policy, chosen: search.Candidate) -> search.Candidate:
+    def refit_on_all(self, policy: Policy, chosen: search.Candidate, size: search.ShippedSize) -> search.Candidate:
         """The chosen mask, re-fitted on the whole calibration set. Its KL stays the cross-fitted
-        KL of the search (conservative: the shipped re-fit saw more data)."""
+        KL of the search (conservative: the shipped re-fit saw more data); its size is judged as
+        the search's were (`size`: the search's own, whose int8 overhead is already measured)."""
         scores = self.scores(chosen.criterion, policy.qsae)
         mask = masks.build(self.spec, scores, chosen.amount, policy.schedule)
         pruned = masks.shrink(self.net, mask, self.spec)
         recover(pruned, self.net, self.spec, self.calib, policy.recovery)
-        size = export.shipped_size(pruned, self.calib, policy.compute, chosen.method)  # once: exact
-        refit = replace(chosen, pruned=pruned, artifact_bytes=size,
-                        compression_ratio=compression_ratio(nets.param_count(self.spec), size),
+        nbytes = size(pruned, chosen.method)
+        refit = replace(chosen, pruned=pruned, artifact_bytes=nbytes,
+                        compression_ratio=compression_ratio(nets.param_count(self.spec), nbytes),
                         params_kept=pruned.kept_params(), notes={**chosen.notes, "refit_all": True})
         meets = search.Judge(self.spec, self.calib, replace(policy, folds=1)).meets(refit)
         return refit if meets or not chosen.meets_policy else chosen  # its int8 values may pack larger
