@@ -71,13 +71,13 @@ class Checkpoint:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(self._doc(), tmp)
+        tmp.write_bytes(self.to_bytes())
         tmp.replace(path)
         path.with_suffix(".json").write_text(json.dumps(
             {k: v for k, v in self._doc().items() if k != "state"}, indent=2))
 
     def to_bytes(self) -> bytes:
-        """The same content as `save` writes (the fleet keeps it in its artifact store)."""
+        """The checkpoint file's bytes (`save` writes them; the fleet keeps them in its artifact store)."""
         buf = io.BytesIO()
         torch.save(self._doc(), buf)
         return buf.getvalue()
