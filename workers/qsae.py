@@ -67,6 +67,23 @@ def unit_rows(act: torch.Tensor) -> torch.Tensor:
     return act.reshape(act.shape[0], -1)
 
 
+@torch.no_grad()
+def set_gradients(model: QSAE, x: torch.Tensor, target: torch.Tensor, scale: torch.Tensor,
+                  energy: torch.Tensor, lam: float) -> None:
+    """The gradients of  ||target - model(x) * scale||^2 / (B * energy) + lam * ||W_enc||_1  into
+    each parameter's .grad, written out by hand: the same as autograd's to float rounding
+    (tests/workers/test_qsae.py), at half the time, since a step is a few small matrix products
+    and autograd's bookkeeping cost more than they do. x, target: (B, d); scale: (d,)."""
+    enc_w, enc_b, dec_w, dec_b = model.enc.weight, model.enc.bias, model.dec.weight, model.dec.bias
+    pre = torch.addmm(enc_b, x, model.encoder_weight().T)  # (B, k)
+    z = pre.clamp_min(0)
+    g = (torch.addmm(dec_b, z, dec_w.T) * scale - target).mul_(scale * (2.0 / (len(x) * float(energy))))  # (B, d)
+    dec_w.grad, dec_b.grad = g.T @ z, g.sum(0)
+    dz = (g @ dec_w).mul_(pre > 0)  # (B, k); through the fake quantization unchanged (straight-through)
+    enc_w.grad = (dz.T @ x).add_(torch.sign(enc_w), alpha=lam)
+    enc_b.grad = dz.sum(0)
+
+
 def train_qsae(rows: torch.Tensor, cfg: QSAEConfig) -> tuple[QSAE, np.ndarray]:
     """rows: (M, d) dense activations -> (trained QSAE, (d,) unit importance)."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -83,20 +100,18 @@ def train_qsae(rows: torch.Tensor, cfg: QSAEConfig) -> tuple[QSAE, np.ndarray]:
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = QSAE(d, k, cfg.quantize)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # fused: one kernel for the whole update instead of a dozen small ops per parameter
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     keep = alive.clone()  # columns still in play
 
     def train(steps: int) -> None:
+        keep_f = keep.float()
         for _ in range(steps):
             idx = torch.randint(len(x_in), (min(cfg.batch, len(x_in)),), generator=gen)
-            recon = model(x_in[idx]) * scale  # (B, d), raw scale
-            loss = (rows[idx] - recon).pow(2).sum(1).mean() / energy
-            loss = loss + cfg.lam * model.enc.weight.abs().sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            set_gradients(model, x_in[idx], rows[idx], scale, energy, cfg.lam)
             opt.step()
             with torch.no_grad():
-                model.enc.weight.mul_(keep.float())  # eliminated columns stay zero
+                model.enc.weight.mul_(keep_f)  # eliminated columns stay zero
 
     train(cfg.steps)
     importance = torch.zeros(d)
