@@ -53,6 +53,7 @@ class Candidate:
     compression_ratio: float  # dense fp32 bytes / artifact bytes
     params_kept: int  # weights and biases that stay
     macs: int  # multiply-adds per input
+    agreement: float = float("nan")  # share of held-out calibration samples where it picks the dense top class
     meets_policy: bool = False  # within the policy (KL budget or target, and minimum compression)
     seconds: float = 0.0  # time to build and judge it
     notes: dict = field(default_factory=dict)  # free-form: widths, etc.
@@ -64,7 +65,8 @@ class Candidate:
     def summary(self) -> dict:
         return {"method": self.method, "criterion": self.criterion, "amount": round(self.amount, 4),
                 "recovery": self.recovery, "kl": self.kl, "artifact_bytes": self.artifact_bytes,
-                "compression_ratio": self.compression_ratio, "params_kept": self.params_kept,
+                "compression_ratio": self.compression_ratio, "agreement": self.agreement,
+                "params_kept": self.params_kept,
                 "macs": self.macs, "meets_policy": self.meets_policy, "seconds": self.seconds,
                 "widths": widths(self.pruned.spec)}
 
@@ -107,15 +109,19 @@ class Judge:
         self.policy = policy
         self.size = ShippedSize(calib, policy.compute)
 
-    def kl(self, pruned: Pruned, judge: Calibration | None = None) -> float:
+    def kl(self, pruned: Pruned, judge: Calibration | None = None) -> tuple[float, float]:
+        """(KL, agreement): the mean KL from the dense outputs, and the share of samples where the
+        pruned network's top class is the dense one's, on `judge` (default: the calibration set)."""
         judge = judge or self.calib
         with torch.no_grad():
             logits = pruned.net[self.stem_end:](judge.stem_out)  # (N, K)
-        return kl_divergence(judge.logits, logits)
+        agreement = float((logits.argmax(1) == judge.logits.argmax(1)).float().mean())
+        return kl_divergence(judge.logits, logits), agreement
 
-    def candidate(self, pruned: Pruned, kl: float, criterion: str, amount: float, recovery: str,
-                  started: float) -> Candidate:
-        c = Candidate(criterion, amount, recovery, pruned, kl, 0, 0.0, pruned.kept_params(), nets.macs(pruned.spec))
+    def candidate(self, pruned: Pruned, kl: float, agreement: float, criterion: str, amount: float,
+                  recovery: str, started: float) -> Candidate:
+        c = Candidate(criterion, amount, recovery, pruned, kl, 0, 0.0, pruned.kept_params(), nets.macs(pruned.spec),
+                      agreement)
         c.artifact_bytes = self.size(pruned, c.method)
         c.compression_ratio = compression_ratio(self.dense_params, c.artifact_bytes)
         c.meets_policy = self.meets(c)
@@ -125,7 +131,7 @@ class Judge:
     def __call__(self, pruned: Pruned, criterion: str, amount: float, recovery: str,
                  started: float) -> Candidate:
         """A finished network (a fallback): judged on the whole calibration set."""
-        return self.candidate(pruned, self.kl(pruned), criterion, amount, recovery, started)
+        return self.candidate(pruned, *self.kl(pruned), criterion, amount, recovery, started)
 
     def meets(self, c: Candidate) -> bool:
         p = self.policy
@@ -143,15 +149,16 @@ def builder(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy,
     def build(amount: float) -> Candidate:
         t0 = time.perf_counter()
         mask = masks.build(spec, scores, amount, policy.schedule)
-        total, first = 0.0, None
+        total, agreed, first = 0.0, 0.0, None
         for fit, held in judge.folds:
             pruned = masks.shrink(net, mask, spec)
             recover(pruned, net, spec, fit, policy.recovery)
-            total += judge.kl(pruned, held) * held.size
+            kl, agreement = judge.kl(pruned, held)
+            total, agreed = total + kl * held.size, agreed + agreement * held.size
             first = first or pruned
         assert first is not None
-        kl = total / sum(held.size for _, held in judge.folds)
-        c = judge.candidate(first, kl, scores.criterion, amount, policy.recovery.name, t0)
+        n = sum(held.size for _, held in judge.folds)
+        c = judge.candidate(first, total / n, agreed / n, scores.criterion, amount, policy.recovery.name, t0)
         log.debug("%s amount %.3f: kl %.4f, %.1fx", c.method, amount, c.kl, c.compression_ratio)
         return c
     return build

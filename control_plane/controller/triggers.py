@@ -77,7 +77,7 @@ def decide(state: DeviceState, policy: TriggerPolicy) -> Decision:
     if state.reference_hist is not None and state.latest_hist is not None:
         drift = histogram_drift(state.reference_hist, state.latest_hist)
         if drift > policy.drift_threshold:
-            reasons.append(f"drift {drift:.3f} > {policy.drift_threshold:g}")
+            reasons.append(f"drift {_above(drift, policy.drift_threshold)} > {policy.drift_threshold:g}")
     if state.deployed_at is None:
         reasons.append("initial: no pruned model deployed yet")
     else:
@@ -97,6 +97,16 @@ def decide(state: DeviceState, policy: TriggerPolicy) -> Decision:
         elif not state.has_sketches:
             blocked = "no sketches uploaded yet"
     return Decision(reasons, drift, blocked)
+
+
+def _above(value: float, threshold: float) -> str:
+    """`value` with the fewest significant digits (3 at least) that still read above `threshold`:
+    a drift of 0.0063 against 0.006 reads 0.0063, not 0.006 > 0.006."""
+    for digits in range(3, 10):
+        shown = f"{value:.{digits}g}"
+        if float(shown) > threshold:
+            return shown
+    return repr(value)
 
 
 def _accuracy_reasons(state: DeviceState, policy: TriggerPolicy) -> list[str]:

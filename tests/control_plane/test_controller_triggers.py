@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 
 from control_plane.controller.rollouts import Action, Outcomes, rollout_action
@@ -57,6 +59,16 @@ def test_drift_of_stem_histograms_triggers():
     shifted = np.tile(np.array([5, 15, 30, 50]), (4, 1))
     d = decide(state(latest_hist=shifted), POLICY)
     assert d.enqueue and d.reasons[0].startswith("drift ")
+
+
+def test_a_drift_just_over_the_threshold_reads_over_it():
+    shifted = np.tile(np.array([49, 31, 15, 5]), (4, 1))
+    drift = decide(state(latest_hist=shifted), POLICY).drift
+    assert drift is not None and drift > 0
+    just_under = dataclasses.replace(POLICY, drift_threshold=drift * (1 - 1e-4))
+    reason = decide(state(latest_hist=shifted), just_under).reasons[0]  # "drift X > T"
+    shown, threshold = (float(v) for v in reason.removeprefix("drift ").split(" > "))
+    assert shown > threshold and abs(shown - drift) <= 5e-3 * drift  # 3 significant digits or more
 
 
 def test_interval_triggers():

@@ -1,6 +1,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from workers import importance, search
 from workers.policy import Policy
@@ -45,3 +46,28 @@ def test_target_compression_reaches_the_ratio_with_one_full_candidate(tiny_cnn):
     assert len(found) <= 4  # the size is bisected cheaply; recovery runs once (or a few nudges)
     looser = Pruner(_checkpoint(net, spec), calib).search(replace(policy, target_compression=2.0))[0]
     assert looser.kl <= chosen.kl
+
+
+def test_a_candidates_agreement_is_that_of_each_folds_refit_on_the_part_it_left_out(tiny_cnn):
+    import torch
+
+    from workers import masks
+    from workers.recovery import recover
+
+    net, spec, calib = tiny_cnn
+    # Top classes that vary from sample to sample (the tiny random net's barely do), so that
+    # agreement on one part of the samples tells little about another.
+    calib = replace(calib, logits=torch.randn(calib.logits.shape, generator=torch.Generator().manual_seed(0)))
+    policy = Policy(criteria=("energy",))
+    judge = search.Judge(spec, calib, policy)
+    scores = importance.score("energy", net, spec, calib)
+    c = search.builder(net, spec, scores, policy, judge)(0.8)
+    held_out = 0.0
+    for fit, held in judge.folds:  # each fold's re-fit, judged on the part it left out
+        pruned = masks.shrink(net, masks.build(spec, scores, 0.8, policy.schedule), spec)
+        recover(pruned, net, spec, fit, policy.recovery)
+        head = pruned.net[spec["stem_end"]:]
+        with torch.no_grad():
+            held_out += float((head(held.stem_out).argmax(1) == held.logits.argmax(1)).sum())
+    assert 0 < c.agreement < 1
+    assert c.agreement == pytest.approx(held_out / calib.size)
