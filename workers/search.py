@@ -109,7 +109,7 @@ class Judge:
         self.policy = policy
         self.size = ShippedSize(calib, policy.compute)
 
-    def kl(self, pruned: Pruned, judge: Calibration | None = None) -> tuple[float, float]:
+    def compare(self, pruned: Pruned, judge: Calibration | None = None) -> tuple[float, float]:
         """(KL, agreement): the mean KL from the dense outputs, and the share of samples where the
         pruned network's top class is the dense one's, on `judge` (default: the calibration set)."""
         judge = judge or self.calib
@@ -121,7 +121,7 @@ class Judge:
     def candidate(self, pruned: Pruned, kl: float, agreement: float, criterion: str, amount: float,
                   recovery: str, started: float) -> Candidate:
         c = Candidate(criterion, amount, recovery, pruned, kl, 0, 0.0, pruned.kept_params(), nets.macs(pruned.spec),
-                      agreement)
+                      agreement=agreement)
         c.artifact_bytes = self.size(pruned, c.method)
         c.compression_ratio = compression_ratio(self.dense_params, c.artifact_bytes)
         c.meets_policy = self.meets(c)
@@ -131,7 +131,7 @@ class Judge:
     def __call__(self, pruned: Pruned, criterion: str, amount: float, recovery: str,
                  started: float) -> Candidate:
         """A finished network (a fallback): judged on the whole calibration set."""
-        return self.candidate(pruned, *self.kl(pruned), criterion, amount, recovery, started)
+        return self.candidate(pruned, *self.compare(pruned), criterion, amount, recovery, started)
 
     def meets(self, c: Candidate) -> bool:
         p = self.policy
@@ -153,7 +153,7 @@ def builder(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy,
         for fit, held in judge.folds:
             pruned = masks.shrink(net, mask, spec)
             recover(pruned, net, spec, fit, policy.recovery)
-            kl, agreement = judge.kl(pruned, held)
+            kl, agreement = judge.compare(pruned, held)
             total, agreed = total + kl * held.size, agreed + agreement * held.size
             first = first or pruned
         assert first is not None
