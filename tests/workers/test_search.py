@@ -2,9 +2,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
-from workers import importance, search
+from workers import importance, masks, search
 from workers.policy import Policy
+from workers.recovery import recover
 from workers.retrain import Pruner
 from workers.training import Checkpoint
 
@@ -49,14 +51,9 @@ def test_target_compression_reaches_the_ratio_with_one_full_candidate(tiny_cnn):
 
 
 def test_a_candidates_agreement_is_that_of_each_folds_refit_on_the_part_it_left_out(tiny_cnn):
-    import torch
-
-    from workers import masks
-    from workers.recovery import recover
-
     net, spec, calib = tiny_cnn
-    # Top classes that vary from sample to sample (the tiny random net's barely do), so that
-    # agreement on one part of the samples tells little about another.
+    # Dense top classes that vary from sample to sample (the tiny random net's barely do), so that
+    # the agreement is a share to check, not 1.
     calib = replace(calib, logits=torch.randn(calib.logits.shape, generator=torch.Generator().manual_seed(0)))
     policy = Policy(criteria=("energy",))
     judge = search.Judge(spec, calib, policy)
