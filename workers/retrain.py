@@ -197,7 +197,7 @@ def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, polic
     }
     head = sim[ck.spec["stem_end"]:]
     with torch.no_grad():
-        agreement = float((head(calib.stem_out).argmax(1) == calib.logits.argmax(1)).float().mean())
+        agreement = search.top_class_agreement(calib.logits, head(calib.stem_out))
     metrics["calibration_agreement"] = agreement  # with the base, on the device's calibration set
     # held out: the search's cross-fitted agreement (a fallback, fitted on earlier data, is judged whole)
     heldout = agreement if np.isnan(chosen.agreement) else chosen.agreement

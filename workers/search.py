@@ -42,6 +42,12 @@ def kl_divergence(dense_logits: torch.Tensor, logits: torch.Tensor) -> float:
                           log_target=True, reduction="batchmean"))
 
 
+@torch.no_grad()
+def top_class_agreement(dense_logits: torch.Tensor, logits: torch.Tensor) -> float:
+    """Share of samples where the pruned network's top class is the dense one's. Both (N, K)."""
+    return float((logits.argmax(1) == dense_logits.argmax(1)).float().mean())
+
+
 @dataclass
 class Candidate:
     criterion: str  # importance criterion, or "fallback:<name>"
@@ -115,8 +121,7 @@ class Judge:
         judge = judge or self.calib
         with torch.no_grad():
             logits = pruned.net[self.stem_end:](judge.stem_out)  # (N, K)
-        agreement = float((logits.argmax(1) == judge.logits.argmax(1)).float().mean())
-        return kl_divergence(judge.logits, logits), agreement
+        return kl_divergence(judge.logits, logits), top_class_agreement(judge.logits, logits)
 
     def candidate(self, pruned: Pruned, kl: float, agreement: float, criterion: str, amount: float,
                   recovery: str, started: float) -> Candidate:
