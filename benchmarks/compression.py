@@ -21,6 +21,9 @@ distribution instead of the test split: that is how the default KL budget is cho
 the schedule's width alignment set to N instead of the default's (a candidate default, judged on
 validation before it is adopted); rows carry `align`. `--damp D` does the same for the ridge
 strength of the least-squares re-fit; rows carry `damp`.
+
+At the end it prints the verdicts of P1, P2 and P8 (`benchmarks.targets`), also stored under
+`targets` in the JSON.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from benchmarks import common, plots
+from benchmarks import common, plots, targets
 from workers import export, nets, retrain, search
 from workers.calibration import from_sketches
 from workers.importance import CRITERIA
@@ -249,7 +252,7 @@ def main() -> None:
             bench.device(s, chosen)
         rows += bench.rows
         common.write_json(args.json, NAME, rows, seeds=args.seeds, quick=args.quick,
-                          split=bench.split,
+                          split=bench.split, targets=targets.verdicts(rows),
                           default_policy=bench.policy.describe(), seconds=time.perf_counter() - t0)
     figure = plots.save(args.json)
     common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=figure,
@@ -257,6 +260,7 @@ def main() -> None:
                               "default_policy", "label_free", "align", "damp"),
                       metrics=("compression_ratio", "artifact_bytes", "runtime_weight_bytes", "params_kept",
                                "macs", "sketch_bytes", "accuracy", "dense_accuracy", "drop_pp", "kl", "seconds"))
+    print("\n".join(targets.lines(targets.verdicts(rows))), flush=True)
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -1,0 +1,65 @@
+"""The pruning core's verdicts, read off compression rows as a closing note would quote them."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import targets
+
+
+def _row(scenario, calibration, policy, ratio, drop, seed=0, method="qsae+lsq", **kw):
+    return {"scenario": scenario, "calibration": calibration, "policy": policy, "seed": seed,
+            "method": method, "default_policy": policy == "default", "label_free": True, "split": "test",
+            "compression_ratio": ratio, "drop_pp": drop, **kw}
+
+
+def test_p1_is_the_mean_over_seeds_of_the_default_policy_on_full():
+    rows = [_row("full", "global", "default", r, d, seed=s)
+            for s, (r, d) in enumerate([(22.2, 0.71), (30.9, 1.18), (29.2, 1.40)])]
+    rows.append(_row("full", "global", "kl_budget=0.02", 14.0, 0.2))
+    p1 = targets.p1(rows)
+    assert p1["seeds"] == 3
+    assert p1["compression_ratio"] == pytest.approx(27.43, abs=0.01)
+    assert p1["drop_pp"] == pytest.approx(1.097, abs=0.001)
+    assert p1["met"] is False
+    rows[2]["drop_pp"] = 0.5
+    assert targets.p1(rows)["met"] is True
+
+
+def test_p2_compares_the_best_qsae_variant_with_the_better_baseline_under_the_same_recovery():
+    at16 = "target_compression=16"
+    rows = [_row("full", "global", at16, 16.1, d, method=m) for m, d in
+            [("qsae", 1.09), ("qsae-noquant", 1.0), ("magnitude", 1.73), ("wanda", 1.28),
+             ("qsae+lsq", 0.22), ("wanda+lsq", 0.40), ("magnitude+lsq", 0.52)]]
+    p2 = targets.p2(rows)
+    assert (p2["qsae_method"], p2["rival"]) == ("qsae-noquant", "wanda")
+    assert p2["lead_pp"] == pytest.approx(0.28)
+    assert p2["met"] is False
+    rows[5]["drop_pp"], rows[6]["drop_pp"] = 1.3, 1.4  # the baselines with the re-fit lose >= 1.08 pp more
+    p2 = targets.p2(rows)
+    assert (p2["qsae_method"], p2["rival"], p2["met"]) == ("qsae+lsq", "wanda+lsq", True)
+
+
+def test_p8_reads_the_default_policy_and_the_most_compression_within_one_pp():
+    s = "classes-tops"
+    rows = [_row(s, "global", "default", 27.4, 2.27), _row(s, "device", "default", 22.2, 0.94),
+            _row(s, "global", "kl_budget=0.02", 13.9, 0.80), _row(s, "device", "kl_budget=0.02", 14.0, 0.3),
+            _row(s, "global", "kl_budget=0.05", 30.0, 2.9), _row(s, "device", "kl_budget=0.05", 25.0, 1.2),
+            _row("full", "global", "default", 27.4, 1.1)]
+    default, matched = targets.p8(rows)
+    assert (default["reading"], default["met"]) == ("default", False)  # global is 2.27 pp off
+    assert default["gain"] == pytest.approx(22.2 / 27.4)
+    assert matched["reading"] == "matched"
+    assert matched["device"]["policy"] == "default" and matched["global"]["policy"] == "kl_budget=0.02"
+    assert matched["gain"] == pytest.approx(22.2 / 13.9)
+    assert matched["met"] is True
+    rows[3]["compression_ratio"] = rows[1]["compression_ratio"] = 20.0  # 1.44x: not enough
+    assert targets.p8(rows)[1]["met"] is False
+
+
+def test_p8_is_undecided_when_the_global_mask_is_never_within_one_pp():
+    s = "classes-tops"
+    rows = [_row(s, "global", "default", 27.4, 2.27), _row(s, "device", "default", 22.2, 0.94)]
+    matched = targets.p8(rows)[1]
+    assert matched["global"] is None and matched["met"] is None
+    assert "global none within 1 pp" in targets.lines(targets.verdicts(rows))[-1]
