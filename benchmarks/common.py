@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from qsae_shared.data import Split, load_split, preprocess
-from qsae_shared.distributions import DeviceStream, sample
+from qsae_shared.distributions import DeviceStream, sample_evenly
 from qsae_shared.sketch import Sketch, SketchBuilder, parse_sketch
 from workers import export, retrain, scenarios, training
 from workers.training import Checkpoint
@@ -88,19 +88,21 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def test_set(scenario: str, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """n test-split images of the scenario's distribution: ((n, 1, 28, 28) input, (n,) labels)."""
-    prof = scenarios.profile(scenario, seed=seed, device_id=f"bench-{scenario}-{seed}")
-    batch = DeviceStream(prof, split="test", role="eval").next_batch(n)
-    return preprocess(batch.images), batch.labels
+    """n test-split images of the scenario's distribution: ((n, 1, 28, 28) input, (n,) labels).
+    Each class's test images are scored once before any repeats (`sample_evenly`): on `full`,
+    10,000 images are the whole test split."""
+    x, y = sample_evenly(scenarios.profile(scenario).phases[0], n, load_split("test"),
+                        np.random.default_rng(20_000 + seed))
+    return preprocess(x), y
 
 
 def validation_set(ck: Checkpoint, scenario: str, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """n held-out TRAINING images (never trained on) through the scenario's distribution."""
+    """n held-out TRAINING images (never trained on) through the scenario's distribution, each
+    class's images once before any repeats."""
     train = load_split("train")
     n_val = int(ck.config.get("validation_images", 5000))
     held = Split(train.images[len(train) - n_val:], train.labels[len(train) - n_val:])
-    rng = np.random.default_rng(10_000 + seed)
-    x, y = sample(scenarios.SCENARIOS[scenario], n, held, rng)
+    x, y = sample_evenly(scenarios.profile(scenario).phases[0], n, held, np.random.default_rng(10_000 + seed))
     return preprocess(x), y
 
 

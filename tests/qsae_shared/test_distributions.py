@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from qsae_shared.data import CLASS_NAMES
-from qsae_shared.distributions import Corruption, profiles_from_scenario
+from qsae_shared.data import CLASS_NAMES, Split
+from qsae_shared.distributions import Corruption, Phase, profiles_from_scenario, sample, sample_evenly
 from qsae_shared.errors import ScenarioError
 
 SCENARIO = {
@@ -61,3 +61,32 @@ def test_every_corruption_changes_images_and_stays_in_range(kind, severity):
 def test_invalid_scenarios_say_what_is_wrong(bad, match):
     with pytest.raises(ScenarioError, match=match):
         profiles_from_scenario(bad)
+
+
+def _numbered_split(per_class: int) -> Split:
+    """per_class images of each class, image i carrying its number i in its first two pixels."""
+    n = 10 * per_class
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    return Split(images, np.repeat(np.arange(10), per_class))
+
+
+def _numbers(x: np.ndarray) -> np.ndarray:
+    return np.rint(x[:, 0, 0] * 255).astype(int) + 256 * np.rint(x[:, 0, 1] * 255).astype(int)
+
+
+def test_evaluation_draws_use_every_image_once_before_any_twice():
+    split = _numbered_split(30)
+    uniform = Phase(1)
+    x, y = sample_evenly(uniform, 300, split, np.random.default_rng(0))
+    assert sorted(_numbers(x)) == list(range(300))  # the whole split, once each
+    assert np.array_equal(y, split.labels[_numbers(x)])
+    assert not np.array_equal(_numbers(x), np.arange(300))  # shuffled
+    # Drawing with replacement, as the device streams do, leaves about a third unseen.
+    assert len(set(_numbers(sample(uniform, 300, split, np.random.default_rng(0))[0]))) < 220
+
+    skewed = Phase(1, (2, 1, 1) + (0,) * 7)  # 130 images: 65, 33 and 32 (largest remainders)
+    x, y = sample_evenly(skewed, 130, split, np.random.default_rng(1))
+    assert sorted(np.bincount(y)) == [32, 33, 65]
+    uses = np.bincount(_numbers(x)[y == 0], minlength=30)
+    assert sorted(uses) == [2] * 25 + [3] * 5  # 65 of 30 images: all twice before 5 a third time
