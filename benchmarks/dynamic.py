@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import plots
+from benchmarks import plots, targets
 from benchmarks.common import (
     BaseRuntime,
     artifact_correct,
@@ -160,11 +160,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['method']:>18} {100 * r['time_avg_accuracy']:8.2f}% {100 * dense_acc:6.2f}% "
               f"{r['avg_compression_ratio']:6.1f}x {r['reprunes']:>8}")
-    d = rows[0]
-    print(f"P7: sketch max {d['sketch_bytes_max']} B (<= 262144), update max {d['update_bytes_max']} B "
-          f"(<= {fp32_bytes // 10}), unchanged polls answered 304: {nm_ratio}")
+    verdicts = targets.dynamic_verdicts(rows)
+    print("\n".join(targets.lines(verdicts)))
     write_json(args.json, "dynamic", rows, devices=plan.devices, phase_scale=plan.phase_scale,
-               seconds_per_round=plan.seconds_per_round, phases=phases, series=over_time)
+               seconds_per_round=plan.seconds_per_round, phases=phases, series=over_time, targets=verdicts)
     plots.save(args.json)
 
 

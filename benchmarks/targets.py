@@ -1,12 +1,16 @@
-"""The pruning core's targets (P1, P2, P8), read off the compression benchmark's rows.
+"""The issues' targets read off benchmark rows: P1, P2 and P8 off `compression`'s, P3 and P7 off
+`dynamic`'s.
 
-Every figure is a mean over the seeds in the rows. `python -m benchmarks.targets PATH.json` prints
-the verdicts of a finished run; `benchmarks.compression` prints them at its end and stores them in
-its JSON under `targets`.
+Compression figures are means over the seeds in the rows. `python -m benchmarks.targets PATH.json`
+prints the verdicts of a finished run; both benchmarks print them at their end and store them in
+their JSON under `targets`.
 
 - P1: the default policy on `full`: >= 20x at <= 1.0 pp, no label used.
 - P2: at target 16x on `full`, the best `qsae*` variant against the better of `magnitude` and `wanda`
   given the same recovery: ahead by >= 1 pp.
+- P3: the loop within 1 pp of dense at >= 8x average compression; each static method >= 3 pp
+  below the loop.
+- P7: every sketch upload <= 256 KB, an update <= 1/10 of the fp32 model, unchanged polls all 304.
 - P8, per `classes-...` scenario, read two ways:
   - `default`: both calibrations under the default policy; device >= 1.5x global, both within 1 pp.
   - `matched`: for each calibration, the most compressed label-free policy of the run (the default
@@ -106,7 +110,27 @@ def p8(rows: list[dict]) -> list[dict]:
 
 
 def verdicts(rows: list[dict]) -> dict:
+    """The compression benchmark's targets."""
     return {"P1": p1(rows), "P2": p2(rows), "P8": p8(rows)}
+
+
+def dynamic_verdicts(rows: list[dict]) -> dict:
+    """The dynamic benchmark's targets (P3, P7)."""
+    by = {r["method"]: r for r in rows}
+    loop, dense = by["dynamic_qsae"], by["dynamic_qsae"]["dense_time_avg_accuracy"]
+    loop_gap = 100 * (dense - loop["time_avg_accuracy"])
+    statics = {m: 100 * (loop["time_avg_accuracy"] - r["time_avg_accuracy"]) for m, r in by.items()
+               if m.startswith("static_")}
+    p3 = {"target": "P3", "loop_below_dense_pp": loop_gap, "avg_compression_ratio": loop["avg_compression_ratio"],
+          "statics_below_loop_pp": statics,
+          "met_loop": loop_gap <= WITHIN_PP and loop["avg_compression_ratio"] >= 8,
+          "met_gap": bool(statics) and min(statics.values()) >= 3.0}
+    p3["met"] = p3["met_loop"] and p3["met_gap"]
+    p7 = {"target": "P7", "sketch_bytes_max": loop["sketch_bytes_max"], "update_bytes_max": loop["update_bytes_max"],
+          "update_limit": loop["fp32_model_bytes"] // 10, "not_modified_ratio": loop["not_modified_ratio"],
+          "met": loop["sketch_bytes_max"] <= 256 * 1024 and loop["update_bytes_max"] <= loop["fp32_model_bytes"] // 10
+          and loop["not_modified_ratio"] == 1.0}
+    return {"P3": p3, "P7": p7}
 
 
 def _side(s: dict | None) -> str:
@@ -120,13 +144,21 @@ def _met(m: bool | None) -> str:
 
 def lines(v: dict) -> list[str]:
     out = []
-    if (p := v["P1"]) is not None:
+    if (p := v.get("P3")) is not None:
+        statics = ", ".join(f"{m} {gap:.2f} pp below" for m, gap in p["statics_below_loop_pp"].items())
+        out.append(f"P3: loop {p['loop_below_dense_pp']:.2f} pp below dense at {p['avg_compression_ratio']:.1f}x: "
+                   f"{_met(p['met_loop'])}; {statics} (3 pp): {_met(p['met_gap'])}")
+    if (p := v.get("P7")) is not None:
+        out.append(f"P7: sketch max {p['sketch_bytes_max']} B (<= 262144), update max {p['update_bytes_max']} B "
+                   f"(<= {p['update_limit']}), unchanged polls answered 304: {p['not_modified_ratio']}: "
+                   f"{_met(p['met'])}")
+    if (p := v.get("P1")) is not None:
         out.append(f"P1: default policy on full, {p['seeds']} seed(s): {p['compression_ratio']:.1f}x at "
                    f"{p['drop_pp']:+.2f} pp: {_met(p['met'])}")
-    if (p := v["P2"]) is not None:
+    if (p := v.get("P2")) is not None:
         out.append(f"P2: at 16x, {p['qsae_method']} {p['qsae_drop_pp']:+.2f} pp against {p['rival']} "
                    f"{p['rival_drop_pp']:+.2f} pp: ahead by {p['lead_pp']:.2f} pp: {_met(p['met'])}")
-    for p in v["P8"]:
+    for p in v.get("P8", []):
         gain = f", {p['gain']:.2f}x" if "gain" in p else ""
         out.append(f"P8 {p['scenario']} ({p['reading']}): device {_side(p['device'])}, "
                    f"global {_side(p['global'])}{gain}: {_met(p['met'])}")
@@ -134,10 +166,11 @@ def lines(v: dict) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="The P1, P2 and P8 verdicts of a compression benchmark's JSON.")
+    p = argparse.ArgumentParser(description="The targets' verdicts of a compression or dynamic benchmark's JSON.")
     p.add_argument("path", type=Path)
-    rows = json.loads(p.parse_args().path.read_text())["rows"]
-    print("\n".join(lines(verdicts(rows))))
+    doc = json.loads(p.parse_args().path.read_text())
+    v = dynamic_verdicts(doc["rows"]) if doc["benchmark"] == "dynamic" else verdicts(doc["rows"])
+    print("\n".join(lines(v)))
 
 
 if __name__ == "__main__":

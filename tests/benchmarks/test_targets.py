@@ -63,3 +63,26 @@ def test_p8_is_undecided_when_the_global_mask_is_never_within_one_pp():
     matched = targets.p8(rows)[1]
     assert matched["global"] is None and matched["met"] is None
     assert "global none within 1 pp" in targets.lines(targets.verdicts(rows))[-1]
+
+
+def _dynamic_rows(loop, static_magnitude, static_qsae, compression=33.0, sketch=256_407, update=97_430, nm=1.0):
+    common = {"dense_time_avg_accuracy": 0.9275, "fp32_model_bytes": 1_834_280}
+    return [{"method": "dynamic_qsae", "time_avg_accuracy": loop, "avg_compression_ratio": compression,
+             "sketch_bytes_max": sketch, "update_bytes_max": update, "not_modified_ratio": nm, **common},
+            {"method": "dense", "time_avg_accuracy": 0.9275, "avg_compression_ratio": 1.0, **common},
+            {"method": "static_magnitude", "time_avg_accuracy": static_magnitude, "avg_compression_ratio": 33.8,
+             **common},
+            {"method": "static_qsae", "time_avg_accuracy": static_qsae, "avg_compression_ratio": 34.0, **common}]
+
+
+def test_p3_and_p7_read_the_dynamic_rows():
+    v = targets.dynamic_verdicts(_dynamic_rows(0.9260, 0.9125, 0.8996))
+    assert v["P3"]["loop_below_dense_pp"] == pytest.approx(0.15)
+    assert v["P3"]["statics_below_loop_pp"] == pytest.approx({"static_magnitude": 1.35, "static_qsae": 2.64})
+    assert (v["P3"]["met_loop"], v["P3"]["met_gap"], v["P3"]["met"]) == (True, False, False)
+    assert v["P7"]["met"] is True and v["P7"]["update_limit"] == 183_428
+    assert targets.dynamic_verdicts(_dynamic_rows(0.9260, 0.8950, 0.8900))["P3"]["met"] is True
+    assert targets.dynamic_verdicts(_dynamic_rows(0.9260, 0.8950, 0.8900, compression=7.5))["P3"]["met"] is False
+    assert targets.dynamic_verdicts(_dynamic_rows(0.9260, 0.9, 0.9, nm=0.98))["P7"]["met"] is False
+    assert targets.dynamic_verdicts(_dynamic_rows(0.9260, 0.9, 0.9, update=190_000))["P7"]["met"] is False
+    assert "P3: loop 0.15 pp below dense at 33.0x: met" in targets.lines(v)[0]
