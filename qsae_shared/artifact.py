@@ -150,8 +150,9 @@ def unpack(data: bytes) -> Contents:
 
     def section(entry: dict[str, Any], what: str) -> bytes:
         off, length = entry.get("offset"), entry.get("length")
-        _require(isinstance(off, int) and isinstance(length, int) and off >= 0 and length >= 0
-                 and off + length <= len(payload), f"{what}: section outside the body")
+        if not (isinstance(off, int) and isinstance(length, int)
+                and off >= 0 and length >= 0 and off + length <= len(payload)):
+            raise ArtifactError(f"malformed artifact: {what}: section outside the body")
         return payload[off:off + length]
 
     graph = section(header["graph"], "graph")

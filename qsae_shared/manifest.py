@@ -145,8 +145,8 @@ def _validate(m: Manifest) -> None:
         _finite(v, "confidence_profile")
     for name, v in m.metrics.items():
         _finite(v, f"metrics.{name}")
-    for f in (m.floors.shadow_agreement_min, m.floors.rollback_accuracy_drop_pp):
-        _finite(f, "floors")
+    for floor in (m.floors.shadow_agreement_min, m.floors.rollback_accuracy_drop_pp):
+        _finite(floor, "floors")
     if not m.files:
         raise WireFormatError("manifest lists no files")
     for f in m.files:

@@ -118,9 +118,10 @@ def _require(cond: bool, msg: str) -> None:
 
 def _int_field(header: dict[str, Any], key: str, lo: int, hi: int) -> int:
     v = header.get(key)
-    _require(isinstance(v, int) and not isinstance(v, bool), f"`{key}` must be an integer")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise WireFormatError(f"malformed sketch: `{key}` must be an integer")
     _require(lo <= v <= hi, f"`{key}`={v} outside [{lo}, {hi}]")
-    return int(v)
+    return v
 
 
 def parse_sketch(data: bytes, limits: SketchLimits | None = None) -> Sketch:
