@@ -197,7 +197,7 @@ class Agent:
             return []
         kind = head[0].kind
         limit = {"telemetry": self.settings.telemetry_batch, "event": EVENTS_PER_POST, "sketch": 1}[kind]
-        batch = []
+        batch: list[OutboxRecord] = []
         for r in head:
             if r.kind != kind or len(batch) >= limit:
                 break
