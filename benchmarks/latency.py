@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from benchmarks import common, plots
+from benchmarks import common, plots, targets
 from qsae_shared import artifact
 from qsae_shared.compression import compression_ratio
 from workers import export, nets, retrain
@@ -127,10 +127,12 @@ def main() -> None:
     common.write_json(args.json, NAME, rows, quick=args.quick, default_policy=DEFAULT_POLICY.describe(),
                       default_widths=result.manifest.method.get("widths"), default_compute=compute,
                       default_kl=result.metrics["kl"], dense_accuracy=dense_acc, parity=parity,
-                      op_profile_batch64=profiles or None, seconds=time.perf_counter() - t0)
+                      op_profile_batch64=profiles or None, seconds=time.perf_counter() - t0,
+                      targets=targets.latency_verdicts(rows))
     common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=plots.save(args.json),
                       params=("model", "variant", "batch", "threads"),
                       metrics=("median_ms", "speedup", "compression_ratio", "drop_pp"))
+    print("\n".join(targets.lines(targets.latency_verdicts(rows))), flush=True)
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 

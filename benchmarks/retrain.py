@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import plots
+from benchmarks import plots, targets
 from benchmarks.common import BaseRuntime, base_checkpoint, parser, progress, setup, write_json
 from workers import runtime_choice
 from workers.dispatcher import _retrain_task, init_ray
@@ -90,11 +90,11 @@ def main() -> None:
               f"(the tasks' own time {busy:.1f} s, workers busy {busy / (workers * seconds):.0%})", flush=True)
     ray.shutdown()
     speedup = fleet[0]["seconds"] / fleet[1]["seconds"]
-    print(f"throughput with 2 workers: {speedup:.2f}x that of 1 (target >= 1.8x); "
-          f"per device {per_device:.2f} s (target <= 10 s)", flush=True)
+    verdicts = targets.retrain_verdicts({"per_device_seconds": per_device, "fleet": fleet})
+    print("\n".join(targets.lines(verdicts)), flush=True)
     write_json(args.json, "retrain", rows=rows, per_device_seconds=per_device,
                per_device_seconds_cold=cold, fleet=fleet, speedup_2_vs_1=speedup,
-               cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+               cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), targets=verdicts)
     plots.save(args.json)
 
 

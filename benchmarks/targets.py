@@ -1,15 +1,19 @@
-"""The issues' targets read off benchmark rows: P1, P2 and P8 off `compression`'s, P3 and P7 off
-`dynamic`'s.
+"""The issues' targets read off benchmark output: P1, P2 and P8 off `compression`'s rows, P3 and P7
+off `dynamic`'s, P4 off `latency`'s, P6 off `retrain`'s JSON.
 
 Compression figures are means over the seeds in the rows. `python -m benchmarks.targets PATH.json`
-prints the verdicts of a finished run; both benchmarks print them at their end and store them in
-their JSON under `targets`.
+prints the verdicts of a finished run; each of those benchmarks prints them at its end and stores
+them in its JSON under `targets`.
 
 - P1: the default policy on `full`: >= 20x at <= 1.0 pp, no label used.
 - P2: at target 16x on `full`, the best `qsae*` variant against the better of `magnitude` and `wanda`
   given the same recovery: ahead by >= 1 pp.
 - P3: the loop within 1 pp of dense at >= 8x average compression; each static method >= 3 pp
   below the loop.
+- P4: the default artifact against dense fp32 in ONNX Runtime, 1 thread: >= 2.0x at batch 1 and
+  >= 2.5x at batch 64.
+- P6: one retrain under the default policy on one core <= 10 s; 2 Ray workers >= 1.8x the
+  throughput of 1.
 - P7: every sketch upload <= 256 KB, an update <= 1/10 of the fp32 model, unchanged polls all 304.
 - P8, per `classes-...` scenario, read two ways:
   - `default`: both calibrations under the default policy; device >= 1.5x global, both within 1 pp.
@@ -133,6 +137,22 @@ def dynamic_verdicts(rows: list[dict]) -> dict:
     return {"P3": p3, "P7": p7}
 
 
+def latency_verdicts(rows: list[dict]) -> dict:
+    """The latency benchmark's target (P4)."""
+    speedup = {r["batch"]: r["speedup"] for r in rows if r["variant"] == "default_artifact" and r["threads"] == 1}
+    return {"P4": {"target": "P4", "speedup_batch1": speedup.get(1), "speedup_batch64": speedup.get(64),
+                   "met": speedup.get(1, 0) >= 2.0 and speedup.get(64, 0) >= 2.5}}
+
+
+def retrain_verdicts(doc: dict) -> dict:
+    """The retrain benchmark's target (P6), from its JSON's top-level keys."""
+    by_workers = {f["workers"]: f["seconds"] for f in doc["fleet"]}
+    speedup = by_workers[1] / by_workers[2]
+    return {"P6": {"target": "P6", "per_device_seconds": doc["per_device_seconds"], "speedup_2_vs_1": speedup,
+                   "met_per_device": doc["per_device_seconds"] <= 10.0, "met_fleet": speedup >= 1.8,
+                   "met": doc["per_device_seconds"] <= 10.0 and speedup >= 1.8}}
+
+
 def _side(s: dict | None) -> str:
     return "none within 1 pp" if s is None else \
         f"{s['compression_ratio']:.1f}x at {s['drop_pp']:+.2f} pp ({s['policy']})"
@@ -148,6 +168,12 @@ def lines(v: dict) -> list[str]:
         statics = ", ".join(f"{m} {gap:.2f} pp below" for m, gap in p["statics_below_loop_pp"].items())
         out.append(f"P3: loop {p['loop_below_dense_pp']:.2f} pp below dense at {p['avg_compression_ratio']:.1f}x: "
                    f"{_met(p['met_loop'])}; {statics} (3 pp): {_met(p['met_gap'])}")
+    if (p := v.get("P4")) is not None:
+        out.append(f"P4: default artifact against dense fp32, 1 thread: {p['speedup_batch1']:.2f}x at batch 1 "
+                   f"(2.0x), {p['speedup_batch64']:.2f}x at batch 64 (2.5x): {_met(p['met'])}")
+    if (p := v.get("P6")) is not None:
+        out.append(f"P6: one retrain on one core {p['per_device_seconds']:.2f} s (10 s): {_met(p['met_per_device'])}; "
+                   f"2 workers {p['speedup_2_vs_1']:.2f}x the throughput of 1 (1.8x): {_met(p['met_fleet'])}")
     if (p := v.get("P7")) is not None:
         out.append(f"P7: sketch max {p['sketch_bytes_max']} B (<= 262144), update max {p['update_bytes_max']} B "
                    f"(<= {p['update_limit']}), unchanged polls answered 304: {p['not_modified_ratio']}: "
@@ -166,11 +192,15 @@ def lines(v: dict) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="The targets' verdicts of a compression or dynamic benchmark's JSON.")
+    p = argparse.ArgumentParser(description="The targets' verdicts of a benchmark's JSON "
+                                            "(compression, dynamic, latency or retrain).")
     p.add_argument("path", type=Path)
     doc = json.loads(p.parse_args().path.read_text())
-    v = dynamic_verdicts(doc["rows"]) if doc["benchmark"] == "dynamic" else verdicts(doc["rows"])
-    print("\n".join(lines(v)))
+    read = {"compression": lambda: verdicts(doc["rows"]), "dynamic": lambda: dynamic_verdicts(doc["rows"]),
+            "latency": lambda: latency_verdicts(doc["rows"]), "retrain": lambda: retrain_verdicts(doc)}
+    if doc.get("benchmark") not in read:
+        raise SystemExit(f"{p.parse_args().path}: not a compression, dynamic, latency or retrain benchmark's JSON")
+    print("\n".join(lines(read[doc["benchmark"]]())))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""The pruning core's verdicts, read off compression rows as a closing note would quote them."""
+"""The targets' verdicts, read off benchmark output as a closing note would quote them."""
 
 from __future__ import annotations
+
+import json
+import sys
 
 import pytest
 
@@ -86,3 +89,26 @@ def test_p3_and_p7_read_the_dynamic_rows():
     assert targets.dynamic_verdicts(_dynamic_rows(0.9260, 0.9, 0.9, nm=0.98))["P7"]["met"] is False
     assert targets.dynamic_verdicts(_dynamic_rows(0.9260, 0.9, 0.9, update=190_000))["P7"]["met"] is False
     assert "P3: loop 0.15 pp below dense at 33.0x: met" in targets.lines(v)[0]
+
+
+def test_p4_reads_the_default_artifact_on_one_thread():
+    rows = [{"variant": v, "batch": b, "threads": t, "speedup": x} for v, b, t, x in
+            [("dense_fp32", 1, 1, 1.0), ("default_artifact", 1, 1, 2.92), ("default_artifact", 64, 1, 3.27),
+             ("default_artifact", 64, 2, 1.79), ("dense_int8", 64, 1, 2.6)]]
+    p4 = targets.latency_verdicts(rows)["P4"]
+    assert (p4["speedup_batch1"], p4["speedup_batch64"], p4["met"]) == (2.92, 3.27, True)
+    rows[2]["speedup"] = 2.4  # batch 64 below 2.5x
+    assert targets.latency_verdicts(rows)["P4"]["met"] is False
+
+
+def test_p6_needs_both_the_per_device_time_and_the_scaling(tmp_path, capsys, monkeypatch):
+    doc = {"benchmark": "retrain", "per_device_seconds": 8.39,
+           "fleet": [{"workers": 1, "seconds": 252.0}, {"workers": 2, "seconds": 137.0}]}
+    p6 = targets.retrain_verdicts(doc)["P6"]
+    assert p6["speedup_2_vs_1"] == pytest.approx(1.839, abs=0.001) and p6["met"] is True
+    assert targets.retrain_verdicts({**doc, "per_device_seconds": 14.21})["P6"]["met"] is False
+    path = tmp_path / "retrain.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setattr(sys, "argv", ["targets", str(path)])
+    targets.main()
+    assert "P6: one retrain on one core 8.39 s (10 s): met; 2 workers 1.84x" in capsys.readouterr().out
