@@ -168,10 +168,17 @@ def write_json(path: Path, name: str, rows: list[dict], **extra: Any) -> None:
     print(f"wrote {len(rows)} rows to {path}", flush=True)
 
 
+def _verdict_tag(v: dict | list[dict]) -> str:
+    """A target's verdict as one word (P8's, a list per scenario and reading: met only if all are)."""
+    met = [x.get("met") for x in (v if isinstance(v, list) else [v])]
+    return "met" if all(m is True for m in met) else "not met" if any(m is False for m in met) else "undecided"
+
+
 def log_mlflow(uri: str | None, experiment: str, rows: list[dict], params: tuple[str, ...],
-               metrics: tuple[str, ...], figure: Path | None = None) -> None:
-    """One MLflow run per row: the row's params and metrics (numbers only); the benchmark's figure,
-    if any, as the artifact of one more run named `figure`."""
+               metrics: tuple[str, ...], figure: Path | None = None, verdicts: dict | None = None) -> None:
+    """One MLflow run per row: the row's params and metrics (numbers only); the benchmark's figure
+    and the targets' verdicts (`targets.json`, and a tag per target: met / not met), if any, in one
+    more run named `figure`."""
     if not uri:
         return
     import mlflow
@@ -189,7 +196,11 @@ def log_mlflow(uri: str | None, experiment: str, rows: list[dict], params: tuple
             mlflow.log_metrics({k: float(r[k]) for k in metrics
                                 if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                                 and math.isfinite(float(r[k]))})
-    if figure is not None:
+    if figure is not None or verdicts:
         with mlflow.start_run(run_name="figure"):
-            mlflow.log_artifact(str(figure))
+            if figure is not None:
+                mlflow.log_artifact(str(figure))
+            if verdicts:
+                mlflow.log_dict(clean(verdicts), "targets.json")
+                mlflow.set_tags({name: _verdict_tag(v) for name, v in verdicts.items() if v})
     print(f"logged {len(rows)} runs to MLflow experiment {experiment!r} at {uri}", flush=True)

@@ -255,7 +255,7 @@ def main() -> None:
                           split=bench.split, targets=targets.verdicts(rows),
                           default_policy=bench.policy.describe(), seconds=time.perf_counter() - t0)
     figure = plots.save(args.json)
-    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=figure,
+    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=figure, verdicts=targets.verdicts(rows),
                       params=("model", "scenario", "seed", "method", "policy", "target", "calibration",
                               "default_policy", "label_free", "align", "damp"),
                       metrics=("compression_ratio", "artifact_bytes", "runtime_weight_bytes", "params_kept",

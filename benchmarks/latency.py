@@ -130,6 +130,7 @@ def main() -> None:
                       op_profile_batch64=profiles or None, seconds=time.perf_counter() - t0,
                       targets=targets.latency_verdicts(rows))
     common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=plots.save(args.json),
+                      verdicts=targets.latency_verdicts(rows),
                       params=("model", "variant", "batch", "threads"),
                       metrics=("median_ms", "speedup", "compression_ratio", "drop_pp"))
     print("\n".join(targets.lines(targets.latency_verdicts(rows))), flush=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from benchmarks import plots
+from benchmarks import plots, targets
 from qsae_shared.distributions import DeviceProfile, Phase
 from workers.figures import stream_series
 
@@ -123,13 +123,18 @@ def test_mlflow_gets_a_run_per_row_and_the_figure(tmp_path):
     doc = compression_doc()
     path.write_text(json.dumps(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    verdicts = targets.verdicts(doc["rows"])
     log_mlflow(uri, "qsae-fleet/compression", doc["rows"][:3], params=("method", "policy"),
-               metrics=("compression_ratio", "drop_pp"), figure=plots.save(path))
+               metrics=("compression_ratio", "drop_pp"), figure=plots.save(path), verdicts=verdicts)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("qsae-fleet/compression")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert len(runs) == 4 and runs["qsae/target_compression=8"].data.metrics["drop_pp"] == 0.4
-    assert [a.path for a in client.list_artifacts(runs["figure"].info.run_id)] == ["compression.png"]
+    figure = runs["figure"]
+    assert sorted(a.path for a in client.list_artifacts(figure.info.run_id)) == ["compression.png", "targets.json"]
+    # P1 22.2x at +0.62; P2 0.6 pp ahead; P8 footwear 70.4x at +1.0 against 22.2x at +0.2, both readings
+    assert [figure.data.tags[t] for t in ("P1", "P2", "P8")] == ["met", "not met", "met"]
+    assert mlflow.artifacts.load_dict(f"{figure.info.artifact_uri}/targets.json")["P1"]["compression_ratio"] == 22.2
     assert list((tmp_path / "mlartifacts").rglob("compression.png"))  # beside the store, not in ./mlruns
 
 
