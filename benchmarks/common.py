@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks import targets
 from qsae_shared.data import Split, load_split, preprocess
 from qsae_shared.distributions import DeviceStream, sample_evenly
 from qsae_shared.sketch import Sketch, SketchBuilder, parse_sketch
@@ -168,12 +169,6 @@ def write_json(path: Path, name: str, rows: list[dict], **extra: Any) -> None:
     print(f"wrote {len(rows)} rows to {path}", flush=True)
 
 
-def _verdict_tag(v: dict | list[dict]) -> str:
-    """A target's verdict as one word (P8's, a list per scenario and reading: met only if all are)."""
-    met = [x.get("met") for x in (v if isinstance(v, list) else [v])]
-    return "met" if all(m is True for m in met) else "not met" if any(m is False for m in met) else "undecided"
-
-
 def log_mlflow(uri: str | None, experiment: str, rows: list[dict], params: tuple[str, ...],
                metrics: tuple[str, ...], figure: Path | None = None, verdicts: dict | None = None) -> None:
     """One MLflow run per row: the row's params and metrics (numbers only); the benchmark's figure
@@ -202,5 +197,5 @@ def log_mlflow(uri: str | None, experiment: str, rows: list[dict], params: tuple
                 mlflow.log_artifact(str(figure))
             if verdicts:
                 mlflow.log_dict(clean(verdicts), "targets.json")
-                mlflow.set_tags({name: _verdict_tag(v) for name, v in verdicts.items() if v})
+                mlflow.set_tags(targets.tags(verdicts))
     print(f"logged {len(rows)} runs to MLflow experiment {experiment!r} at {uri}", flush=True)

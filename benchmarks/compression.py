@@ -255,12 +255,13 @@ def main() -> None:
                           split=bench.split, targets=targets.verdicts(rows),
                           default_policy=bench.policy.describe(), seconds=time.perf_counter() - t0)
     figure = plots.save(args.json)
-    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=figure, verdicts=targets.verdicts(rows),
+    verdicts = targets.verdicts(rows)
+    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=figure, verdicts=verdicts,
                       params=("model", "scenario", "seed", "method", "policy", "target", "calibration",
                               "default_policy", "label_free", "align", "damp"),
                       metrics=("compression_ratio", "artifact_bytes", "runtime_weight_bytes", "params_kept",
                                "macs", "sketch_bytes", "accuracy", "dense_accuracy", "drop_pp", "kl", "seconds"))
-    print("\n".join(targets.lines(targets.verdicts(rows))), flush=True)
+    print("\n".join(targets.lines(verdicts)), flush=True)
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -124,16 +124,16 @@ def main() -> None:
                 print(f"  {name:>16}  {r['op']:>18}  {r['node']:>32}  {r['median_us']:8.1f} us", flush=True)
             print(f"  {name:>16}  {'sum':>18}  {'':>32}  {sum(r['median_us'] for r in profiles[name]):8.1f} us")
     compute = result.manifest.method.get("compute", {})
+    verdicts = targets.latency_verdicts(rows)
     common.write_json(args.json, NAME, rows, quick=args.quick, default_policy=DEFAULT_POLICY.describe(),
                       default_widths=result.manifest.method.get("widths"), default_compute=compute,
                       default_kl=result.metrics["kl"], dense_accuracy=dense_acc, parity=parity,
                       op_profile_batch64=profiles or None, seconds=time.perf_counter() - t0,
-                      targets=targets.latency_verdicts(rows))
-    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=plots.save(args.json),
-                      verdicts=targets.latency_verdicts(rows),
+                      targets=verdicts)
+    common.log_mlflow(args.mlflow, f"qsae-fleet/{NAME}", rows, figure=plots.save(args.json), verdicts=verdicts,
                       params=("model", "variant", "batch", "threads"),
                       metrics=("median_ms", "speedup", "compression_ratio", "drop_pp"))
-    print("\n".join(targets.lines(targets.latency_verdicts(rows))), flush=True)
+    print("\n".join(targets.lines(verdicts)), flush=True)
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -89,11 +89,10 @@ def main() -> None:
         print(f"fleet: {n_fleet} retrains on {workers} Ray worker(s): {seconds:.1f} s "
               f"(the tasks' own time {busy:.1f} s, workers busy {busy / (workers * seconds):.0%})", flush=True)
     ray.shutdown()
-    speedup = fleet[0]["seconds"] / fleet[1]["seconds"]
     verdicts = targets.retrain_verdicts({"per_device_seconds": per_device, "fleet": fleet})
     print("\n".join(targets.lines(verdicts)), flush=True)
     write_json(args.json, "retrain", rows=rows, per_device_seconds=per_device,
-               per_device_seconds_cold=cold, fleet=fleet, speedup_2_vs_1=speedup,
+               per_device_seconds_cold=cold, fleet=fleet, speedup_2_vs_1=verdicts["P6"]["speedup_2_vs_1"],
                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), targets=verdicts)
     plots.save(args.json)
 

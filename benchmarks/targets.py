@@ -162,6 +162,17 @@ def _met(m: bool | None) -> str:
     return {True: "met", False: "not met", None: "undecided"}[m]
 
 
+def tags(v: dict) -> dict[str, str]:
+    """Each target's verdict as one word (P8's, one per scenario and reading: met only if all are,
+    not met if any is not)."""
+    out = {}
+    for name, verdict in v.items():
+        if verdict:
+            met = [x["met"] for x in (verdict if isinstance(verdict, list) else [verdict])]
+            out[name] = _met(True if all(m is True for m in met) else False if False in met else None)
+    return out
+
+
 def lines(v: dict) -> list[str]:
     out = []
     if (p := v.get("P3")) is not None:

@@ -112,3 +112,10 @@ def test_p6_needs_both_the_per_device_time_and_the_scaling(tmp_path, capsys, mon
     monkeypatch.setattr(sys, "argv", ["targets", str(path)])
     targets.main()
     assert "P6: one retrain on one core 8.39 s (10 s): met; 2 workers 1.84x" in capsys.readouterr().out
+
+
+def test_tags_give_one_word_per_target_and_p8_is_met_only_if_every_reading_is():
+    p8 = [{"met": True}, {"met": None}]
+    assert targets.tags({"P1": {"met": True}, "P2": {"met": False}, "P8": p8, "P4": None}) == \
+        {"P1": "met", "P2": "not met", "P8": "undecided"}
+    assert targets.tags({"P8": [*p8, {"met": False}]}) == {"P8": "not met"}
