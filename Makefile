@@ -26,7 +26,7 @@ system:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy  # the wire formats and the agent ([tool.mypy] in pyproject.toml)
+	$(VENV)/bin/mypy  # every package ([tool.mypy] in pyproject.toml)
 
 demo: venv system
 	$(VENV)/bin/qsae-fleet demo $(DEMO_ARGS)

@@ -17,6 +17,7 @@ P7 every sketch <= 256 KB, an update <= 1/10 of the fp32 model, unchanged polls 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ FULL = DemoPlan(devices=6, phase_scale=3.0, seconds_per_round=0.5, quick_base=Fa
 QUICK = DemoPlan(devices=3, phase_scale=1.4, seconds_per_round=0.4, quick_base=False)
 
 
-def per_phase(report: Any, profiles: list[DeviceProfile], images: list[tuple[np.ndarray, ...]],
+def per_phase(report: Any, profiles: list[DeviceProfile], images: Sequence[tuple[np.ndarray, ...]],
               correct: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Accuracy of every method per device and phase (`correct`: method -> (N,) over the whole stream)."""
     rows, start = [], 0
@@ -157,9 +158,9 @@ def main() -> None:
         print(f"{p['device']:>16} {p['phase'][:28]:>28} "
               + " ".join(f"{100 * p[m]:15.1f}%" if p[m] is not None else f"{'-':>16}" for m in methods))
     print(f"{'method':>18} {'accuracy':>9} {'dense':>7} {'compr.':>7} {'reprunes':>8}")
-    for r in rows:
-        print(f"{r['method']:>18} {100 * r['time_avg_accuracy']:8.2f}% {100 * dense_acc:6.2f}% "
-              f"{r['avg_compression_ratio']:6.1f}x {r['reprunes']:>8}")
+    for row in rows:
+        print(f"{row['method']:>18} {100 * row['time_avg_accuracy']:8.2f}% {100 * dense_acc:6.2f}% "
+              f"{row['avg_compression_ratio']:6.1f}x {row['reprunes']:>8}")
     verdicts = targets.dynamic_verdicts(rows)
     print("\n".join(targets.lines(verdicts)))
     write_json(args.json, "dynamic", rows, devices=plan.devices, phase_scale=plan.phase_scale,

@@ -22,6 +22,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -90,7 +91,7 @@ def main() -> None:
         "default_artifact": (artifact.to_onnx(artifact.unpack(blob)), blob),
         "default_artifact_fp32": (artifact.to_onnx(artifact.unpack(fp32_blob)), fp32_blob),
     }
-    info = {}
+    info: dict[str, dict[str, Any]] = {}
     for name, (model, packed) in variants.items():
         acc = common.onnx_accuracy(model, x, y)
         info[name] = {"compression_ratio": None if packed is None else compression_ratio(dense_params, len(packed)),

@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,9 +49,9 @@ def main() -> None:
     runtime_choice.use_cache_file(scratch / "warm-up.json")
     progress("one untimed retrain first (imports, the base model's validation profile)")
     retrain(ck, sketches[devices[-1]], DEFAULT_POLICY, device_id="warm-up")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for scenario, seed in devices[:n_single]:
-        row = {"device": f"{scenario}-{seed}"}
+        row: dict[str, Any] = {"device": f"{scenario}-{seed}"}
         for state in ("cold", "warm"):  # cold: this process and the disk know no compute choice
             if state == "cold":
                 runtime_choice.use_cache_file(scratch / f"{scenario}-{seed}.json")

@@ -29,6 +29,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 from statistics import fmean
+from typing import Any
 
 WITHIN_PP = 1.0
 
@@ -88,7 +89,7 @@ def _p8_side(rows: list[dict], calibration: str, policy: str | None) -> dict | N
     for r in rows:
         if r["calibration"] == calibration and (r["default_policy"] or r["policy"].startswith("kl_budget=")):
             by_policy["default" if r["default_policy"] else r["policy"]].append(r)
-    sides = [{"policy": name, "compression_ratio": ratio, "drop_pp": drop}
+    sides: list[dict[str, Any]] = [{"policy": name, "compression_ratio": ratio, "drop_pp": drop}
              for name, rs in by_policy.items() for ratio, drop, _ in [_means(rs)]]
     if policy is not None:
         return next((s for s in sides if s["policy"] == policy), None)

@@ -11,9 +11,13 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from control_plane import constants as C
 from control_plane.errors import RateLimitedError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 logger = logging.getLogger(__name__)
 Note = tuple[str, object]
@@ -46,7 +50,7 @@ class AsyncBus:
         self.redis_url = redis_url
         self.prefix = prefix
         self.rate_limit_per_minute = rate_limit_per_minute
-        self.redis = None  # redis.asyncio.Redis when configured
+        self.redis: aioredis.Redis | None = None
         self._closing = False  # set by close(): the background loops stop
         self._local_limiter = LocalRateLimiter(rate_limit_per_minute)
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -63,11 +67,11 @@ class AsyncBus:
         if self.redis_url:
             import redis.asyncio as aioredis
 
-            self.redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=5,
-                                                 socket_connect_timeout=2, health_check_interval=30)
-            self._subscriber = asyncio.create_task(self._subscribe(), name="assignment-subscriber")
+            self.redis = client = aioredis.Redis.from_url(self.redis_url, socket_timeout=5,
+                                                          socket_connect_timeout=2, health_check_interval=30)
+            self._subscriber = asyncio.create_task(self._subscribe(client), name="assignment-subscriber")
             if self.rate_limit_per_minute > 0:
-                self._rate_sync = asyncio.create_task(self._sync_rate_limits(), name="rate-limit-sync")
+                self._rate_sync = asyncio.create_task(self._sync_rate_limits(client), name="rate-limit-sync")
 
     async def close(self) -> None:
         self._closing = True
@@ -139,12 +143,12 @@ class AsyncBus:
     def notifies_across_processes(self) -> bool:
         return self.redis is not None and self._subscriber is not None and not self._subscriber.done()
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self, client: aioredis.Redis) -> None:
         channel = C.key(self.prefix, C.ASSIGNMENT_CHANNEL)
         backoff = 0.5
         while not self._closing:
             try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[union-attr]
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(channel)
                 backoff = 0.5
                 try:
@@ -187,7 +191,7 @@ class AsyncBus:
                 "slow down and retry after the Retry-After seconds", retry_after=60 - int(now % 60))
         self._rl_pending[device_id] += 1
 
-    async def _sync_rate_limits(self) -> None:
+    async def _sync_rate_limits(self, client: aioredis.Redis) -> None:
         while True:
             await asyncio.sleep(RATE_SYNC_S)
             if not self._rl_pending:
@@ -196,7 +200,7 @@ class AsyncBus:
             self._rl_pending, self._rl_inflight = defaultdict(int), pending
             items = list(pending.items())
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:  # type: ignore[union-attr]
+                async with client.pipeline(transaction=False) as pipe:
                     for device_id, n in items:
                         k = C.key(self.prefix, C.RATE_LIMIT, device_id=device_id, window=window)
                         pipe.incrby(k, n)

@@ -237,7 +237,9 @@ class Dispatcher:
             if v.job_id is None:
                 continue
             sha = (self.store.get_job(v.job_id).result or {}).get("checkpoint_sha256")
-            path = self.store.artifact_path(sha) if sha else None
+            if not sha:
+                continue
+            path = self.store.artifact_path(sha)
             if path is not None:
                 logger.info("base model restored from the artifact store (%s, base version %s)", sha[:12], v.id)
                 return Checkpoint.from_bytes(path.read_bytes(), source=f"artifact {sha}")
@@ -446,6 +448,7 @@ def run_dispatcher(stop: threading.Event | None = None, config: DispatcherConfig
     from control_plane.settings import get_settings
 
     settings = get_settings()
+    assert settings.mlflow_tracking_uri is not None  # Settings defaults it under state_dir
     init_ray(settings.ray_address)
     store = FleetStore.from_settings(settings)
     tracker = Tracker(settings.mlflow_tracking_uri, Path(settings.state_dir) / "mlartifacts")

@@ -36,12 +36,13 @@ def packed_tensors(net: nn.Sequential, spec: nets.Spec, masks: dict[int, torch.T
     out = []
     for i in nets.weighted_indices(spec):
         w_name, b_name = onnx_graph.weight_names(i)
-        q, s = quantize(net[i].weight.detach())
+        layer = nets.weighted_layer(net, i)
+        q, s = quantize(layer.weight.detach())
         mask = masks.get(i)
         out.append(artifact.PackedTensor(w_name, q.numpy(), s.numpy(),
                                          None if mask is None else mask.numpy(),
                                          compute.get(i, "fp32")))
-        out.append(artifact.PackedTensor(b_name, net[i].bias.detach().numpy().astype(np.float32)))
+        out.append(artifact.PackedTensor(b_name, nets.bias(layer).detach().numpy().astype(np.float32)))
     return out
 
 
@@ -113,8 +114,9 @@ def dense_onnx(net: nn.Sequential, spec: nets.Spec) -> bytes:
     model = onnx_graph.build_graph(spec)
     for i in nets.weighted_indices(spec):
         w_name, b_name = onnx_graph.weight_names(i)
-        model.graph.initializer.append(numpy_helper.from_array(net[i].weight.detach().numpy(), w_name))
-        model.graph.initializer.append(numpy_helper.from_array(net[i].bias.detach().numpy(), b_name))
+        layer = nets.weighted_layer(net, i)
+        model.graph.initializer.append(numpy_helper.from_array(layer.weight.detach().numpy(), w_name))
+        model.graph.initializer.append(numpy_helper.from_array(nets.bias(layer).detach().numpy(), b_name))
     return model.SerializeToString()
 
 
@@ -153,25 +155,27 @@ def simulate(net: nn.Sequential, spec: nets.Spec, compute: dict[int, str] | None
     scales: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for i in nets.weighted_indices(spec):
-            q, s = quantize(sim[i].weight)
-            sim[i].weight.copy_(q.float() * s.view((-1,) + (1,) * (q.dim() - 1)))
+            w = nets.weighted_layer(sim, i).weight
+            q, s = quantize(w)
+            w.copy_(q.float() * s.view((-1,) + (1,) * (q.dim() - 1)))
             scales[i] = s
     layers: list[nn.Module] = []
     for i, m in enumerate(sim):
         if compute and compute.get(i) == "int8" and act is not None:
-            layers.append(_FakeQuantLayer(m, act[i], scales[i], onnx_graph.quantized_output(spec, compute, i)))
+            layers.append(_FakeQuantLayer(nets.weighted_layer(sim, i), act[i], scales[i],
+                                          onnx_graph.quantized_output(spec, compute, i)))
         else:
             layers.append(m)
     return nn.Sequential(*layers).eval()
 
 
 class _FakeQuantLayer(nn.Module):
-    def __init__(self, layer: nn.Module, q: ActQuant, w_scale: torch.Tensor, quantized_out: bool) -> None:
+    def __init__(self, layer: nn.Conv2d | nn.Linear, q: ActQuant, w_scale: torch.Tensor, quantized_out: bool) -> None:
         super().__init__()
         self.layer, self.q, self.quantized_out = layer, q, quantized_out
         with torch.no_grad():  # the int32 bias, as the graph computes it (float32 ops, half to even)
             bias_scale = torch.tensor(q.x_scale, dtype=torch.float32) * w_scale.float()  # (out,)
-            self.bias = torch.round(layer.bias.float() / bias_scale) * bias_scale
+            self.bias = torch.round(nets.bias(layer).float() / bias_scale) * bias_scale
 
     @staticmethod
     def _fq(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:

@@ -66,7 +66,7 @@ def score(criterion: str, net: nn.Sequential, spec: nets.Spec, calib: Calibratio
     magnitudes: dict[int, np.ndarray] = {}
     col_norms: dict[int, np.ndarray] = {}
     for li in prunable_layers(spec):
-        layer = net[li]
+        layer = nets.weighted_layer(net, li)
         group = by_consumer.get(li)
         act = _unit_view(calib.inputs[li], group)
         rows = unit_rows(act).double()  # (M, in_units)
@@ -95,8 +95,8 @@ def score(criterion: str, net: nn.Sequential, spec: nets.Spec, calib: Calibratio
     units: dict[int, np.ndarray] = {}
     for g in groups(spec):
         if criterion == "magnitude":
-            w = net[g.producer].weight.detach().double()
-            units[g.producer] = w.reshape(w.shape[0], -1).norm(dim=1).numpy()
+            filters = nets.weighted_layer(net, g.producer).weight.detach().double()
+            units[g.producer] = filters.reshape(filters.shape[0], -1).norm(dim=1).numpy()
         elif criterion == "wanda":
             contrib = weights[g.consumer]  # (out, in, ...) |W| * ||X||
             per_col = contrib.reshape(contrib.shape[0], contrib.shape[1], -1).sum(axis=(0, 2))  # (in,)

@@ -221,15 +221,16 @@ class Pruned:
         """Zero every masked weight (after a re-fit or an optimizer step)."""
         with torch.no_grad():
             for li, m in self.masks.items():
-                self.net[li].weight.mul_(m.to(self.net[li].weight.dtype))
+                w = nets.weighted_layer(self.net, li).weight
+                w.mul_(m.to(w.dtype))
 
     def kept_params(self) -> int:
         """Weights that stay (mask ones) plus every bias and the unmasked stem."""
         total = 0
         for li in nets.weighted_indices(self.spec):
-            layer = self.net[li]
+            layer = nets.weighted_layer(self.net, li)
             w = int(self.masks[li].sum()) if li in self.masks else layer.weight.numel()
-            total += w + layer.bias.numel()
+            total += w + nets.bias(layer).numel()
         return total
 
 
@@ -240,7 +241,8 @@ def apply_dense(net: nn.Sequential, mask: Mask, spec: nets.Spec) -> nn.Sequentia
     rc = _rows_cols(spec, mask.keep)
     with torch.no_grad():
         for li in nets.weighted_indices(spec):
-            w, b = out[li].weight, out[li].bias
+            layer = nets.weighted_layer(out, li)
+            w, b = layer.weight, nets.bias(layer)
             rows, cols = rc[li]
             keep = torch.zeros_like(w, dtype=torch.bool)
             keep[np.ix_(rows, cols)] = True
@@ -268,12 +270,13 @@ def shrink(net: nn.Sequential, mask: Mask, spec: nets.Spec) -> Pruned:
     with torch.no_grad():
         for li in nets.weighted_indices(spec):
             rows, cols = rc[li]
-            w = net[li].weight.detach()[np.ix_(rows, cols)]
+            dense, shrunk = nets.weighted_layer(net, li), nets.weighted_layer(small_net, li)
+            w = dense.weight.detach()[np.ix_(rows, cols)]
             if li in mask.weights:
                 m = torch.from_numpy(mask.weights[li][np.ix_(rows, cols)].copy())
                 masks[li] = m
                 w = w * m
-            small_net[li].weight.copy_(w)
-            small_net[li].bias.copy_(net[li].bias.detach()[rows])
+            shrunk.weight.copy_(w)
+            nets.bias(shrunk).copy_(nets.bias(dense).detach()[rows])
     keep = {p: np.flatnonzero(k) for p, k in mask.keep.items()}
     return Pruned(small, small_net.eval(), masks, keep)

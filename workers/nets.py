@@ -12,7 +12,7 @@ export describes itself with one of these.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -159,6 +159,21 @@ def weighted_indices(spec: Spec) -> list[int]:
     return [i for i, layer in enumerate(spec["layers"]) if layer["type"] in WEIGHTED]
 
 
+def weighted_layer(net: nn.Sequential, index: int) -> nn.Conv2d | nn.Linear:
+    """Module `index` of `net`, a conv or linear layer (one of `weighted_indices`)."""
+    layer = net[index]
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise ArchitectureError(f"module {index} is a {type(layer).__name__}, not a conv or linear layer")
+    return layer
+
+
+def bias(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    """The bias `build` gives every conv and linear layer."""
+    if layer.bias is None:
+        raise ArchitectureError(f"{layer} has no bias")
+    return layer.bias
+
+
 def param_count(spec: Spec) -> int:
     """Weights + biases of a spec (dense)."""
     total = 0
@@ -183,8 +198,8 @@ def macs(spec: Spec) -> int:
 
 
 def stem(net: nn.Sequential, spec: Spec) -> nn.Sequential:
-    return net[: spec["stem_end"]]
+    return cast(nn.Sequential, net[: spec["stem_end"]])  # torch types Sequential[slice] as Module
 
 
 def head(net: nn.Sequential, spec: Spec) -> nn.Sequential:
-    return net[spec["stem_end"]:]
+    return cast(nn.Sequential, net[spec["stem_end"]:])

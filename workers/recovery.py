@@ -26,6 +26,7 @@ from torch import nn
 
 from workers import nets
 from workers.calibration import Calibration
+from workers.errors import ArchitectureError
 from workers.masks import Pruned
 from workers.quantization import round_trip
 
@@ -53,6 +54,8 @@ def _design(layer: nn.Module, x: torch.Tensor, rows: int, gen: torch.Generator) 
     """Input vectors of a layer: (M, D) and, for conv, the (N, L) positions picked (for targets)."""
     if isinstance(layer, nn.Conv2d):  # stride 1: the rows F.unfold would give, only those picked
         n, c, h, w = x.shape
+        if isinstance(layer.padding, str):
+            raise ArchitectureError(f"padding {layer.padding!r}: the re-fit needs numeric padding")
         (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
         oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
         ell = oh * ow
@@ -109,7 +112,7 @@ class LayerSystem:
 
 
 @torch.no_grad()
-def refit_layer(layer: nn.Module, mask: torch.Tensor | None, system: LayerSystem,
+def refit_layer(layer: nn.Conv2d | nn.Linear, mask: torch.Tensor | None, system: LayerSystem,
                 units: np.ndarray | None = None) -> None:
     """Ridge re-fit of `layer` (weights + bias) so that it reproduces the system's targets on the
     system's inputs, kept weights only. units: the dense output units `layer` kept (None: all)."""
@@ -117,7 +120,7 @@ def refit_layer(layer: nn.Module, mask: torch.Tensor | None, system: LayerSystem
     out, d = w0.shape
     a, lam = system.a, system.lam
     cols = torch.arange(out) if units is None else torch.from_numpy(units)  # target columns of the rows
-    w0b = torch.cat([w0, layer.bias.detach().double()[:, None]], 1)  # (out, D+1)
+    w0b = torch.cat([w0, nets.bias(layer).detach().double()[:, None]], 1)  # (out, D+1)
     m = (mask.reshape(out, -1) if mask is not None else torch.ones(out, d, dtype=torch.bool))
     m = torch.cat([m, torch.ones(out, 1, dtype=torch.bool)], 1)  # bias always kept
     new = torch.zeros_like(w0b)
@@ -134,9 +137,9 @@ def refit_layer(layer: nn.Module, mask: torch.Tensor | None, system: LayerSystem
             lhs.diagonal().add_(lam)
             b = system.product("rhs").index_select(0, s)[:, cols[idx]] + lam * w0b[idx][:, s].T  # (|S|, r)
             sol = _spd_solve(lhs, b)
-        new[np.ix_(idx, s.numpy())] = sol.T
+        new[np.ix_(np.asarray(idx), s.numpy())] = sol.T
     layer.weight.copy_(new[:, :d].reshape(layer.weight.shape).to(layer.weight.dtype))
-    layer.bias.copy_(new[:, d].to(layer.bias.dtype))
+    nets.bias(layer).copy_(new[:, d].to(layer.weight.dtype))
 
 
 def _spd_solve(lhs: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -190,8 +193,8 @@ def least_squares(pruned: Pruned, dense: nn.Sequential, dense_spec: nets.Spec, c
 
 def distill(pruned: Pruned, calib: Calibration, cfg: RecoveryConfig, stem_end: int) -> None:
     gen = torch.Generator().manual_seed(cfg.seed)
-    head = pruned.net[stem_end:]
-    params = [p for m in head if isinstance(m, (nn.Conv2d, nn.Linear)) for p in (m.weight, m.bias)]
+    head = nn.Sequential(*list(pruned.net)[stem_end:])  # the same modules
+    params = [p for m in head if isinstance(m, (nn.Conv2d, nn.Linear)) for p in (m.weight, nets.bias(m))]
     opt = torch.optim.Adam(params, lr=cfg.distill_lr)
     target = F.log_softmax(calib.logits, dim=1)  # (N, K)
     head.train()
@@ -226,6 +229,6 @@ def recover(pruned: Pruned, dense: nn.Sequential, dense_spec: nets.Spec, calib: 
 @torch.no_grad()
 def quantize_weights(pruned: Pruned, stem_end: int) -> None:
     """Round every weight after the stem to int8 (what the artifact will store)."""
-    for m in pruned.net[stem_end:]:
+    for m in list(pruned.net)[stem_end:]:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.weight.copy_(round_trip(m.weight))

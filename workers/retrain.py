@@ -35,6 +35,7 @@ from workers.onnx_graph import ActQuant
 from workers.policy import DEFAULT_POLICY, Policy
 from workers.qsae import QSAEConfig
 from workers.recovery import quantize_weights, recover
+from workers.search import Candidate, ShippedSize
 from workers.training import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class RetrainResult:
     files: dict[str, bytes]  # file name -> bytes (one artifact: MODEL_FILE)
     metrics: dict[str, float]  # kl, compression_ratio, artifact_bytes, ...
     candidates: list[dict]  # every candidate the search evaluated (summaries)
-    chosen: search.Candidate  # the deployed candidate
+    chosen: Candidate  # the deployed candidate
     meets_policy: bool  # whether the chosen candidate meets the policy
     seconds: float  # wall time of the whole retrain
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
@@ -75,8 +76,9 @@ def pruned_from_artifact(data: bytes) -> Pruned:
             t = contents.tensors[w_name]
             assert t.scales is not None
             view = (-1,) + (1,) * (t.values.ndim - 1)
-            net[i].weight.copy_(torch.from_numpy(t.values.astype(np.float32) * t.scales.reshape(view)))
-            net[i].bias.copy_(torch.from_numpy(contents.tensors[b_name].values))
+            layer = nets.weighted_layer(net, i)
+            layer.weight.copy_(torch.from_numpy(t.values.astype(np.float32) * t.scales.reshape(view)))
+            nets.bias(layer).copy_(torch.from_numpy(contents.tensors[b_name].values))
             if t.mask is not None:
                 masks[i] = torch.from_numpy(t.mask)
             elif i >= spec["stem_end"]:
@@ -95,7 +97,7 @@ class Pruner:
         self.calib = calib
         self._scores: dict[tuple, importance.Scores] = {}
         self.score_seconds: dict[str, float] = {}
-        self._searched: dict[Policy, tuple[search.Candidate, list[search.Candidate]]] = {}
+        self._searched: dict[Policy, tuple[Candidate, list[Candidate]]] = {}
 
     def scores(self, criterion: str, qsae_cfg: QSAEConfig) -> importance.Scores:
         key = (criterion, qsae_cfg)
@@ -106,14 +108,14 @@ class Pruner:
         return self._scores[key]
 
     def search(self, policy: Policy, fallbacks: dict[str, Pruned] | None = None,
-               timings: dict[str, float] | None = None) -> tuple[search.Candidate, list[search.Candidate]]:
+               timings: dict[str, float] | None = None) -> tuple[Candidate, list[Candidate]]:
         """The portfolio: every criterion searched under the policy, plus fallbacks judged on
         the same held-out samples. Returns (chosen, every candidate)."""
         timings = timings if timings is not None else {}
         if not fallbacks and policy in self._searched:
             return self._searched[policy]
         judge = search.Judge(self.spec, self.calib, policy)
-        found: list[search.Candidate] = []
+        found: list[Candidate] = []
         for criterion in policy.criteria:
             scores = self.scores(criterion, policy.qsae)
             timings[f"score:{criterion}"] = self.score_seconds.get(criterion, 0.0)
@@ -137,7 +139,7 @@ class Pruner:
             self._searched[policy] = (chosen, found)
         return chosen, found
 
-    def refit_on_all(self, policy: Policy, chosen: search.Candidate, size: search.ShippedSize) -> search.Candidate:
+    def refit_on_all(self, policy: Policy, chosen: Candidate, size: ShippedSize) -> Candidate:
         """The chosen mask, re-fitted on the whole calibration set. Its KL stays the cross-fitted
         KL of the search (conservative: the shipped re-fit saw more data); its size is judged as
         the search's were (`size`: the search's own, whose int8 overhead is already measured)."""
@@ -169,7 +171,7 @@ def shadow_floor(agreement: float, samples: int, default: float = PolicyFloors.s
     return min(default, p - Z_ONE_SIDED_95 * math.sqrt(p * (1 - p) * (1 / SHADOW_INPUTS + 1 / max(samples, 1))))
 
 
-def _package(ck: Checkpoint, chosen: search.Candidate, calib: Calibration, policy: Policy,
+def _package(ck: Checkpoint, chosen: Candidate, calib: Calibration, policy: Policy,
              device_id: str | None, signing_key: SigningKey | None, extra: dict,
              pruned: bool = True, timings: dict[str, float] | None = None,
              ) -> tuple[Manifest, dict[str, bytes], dict[str, float]]:
@@ -249,7 +251,7 @@ def retrain(ck: Checkpoint, sketches: list[Sketch], policy: Policy = DEFAULT_POL
     return finish(pruner, chosen, found, policy, device_id, signing_key, sketches, timings, t_start)
 
 
-def finish(pruner: Pruner, chosen: search.Candidate, found: list[search.Candidate], policy: Policy,
+def finish(pruner: Pruner, chosen: Candidate, found: list[Candidate], policy: Policy,
            device_id: str | None, signing_key: SigningKey | None, sketches: list[Sketch],
            timings: dict[str, float], t_start: float) -> RetrainResult:
     """Export the chosen candidate: artifact, manifest (signed when a key is given), metrics."""

@@ -147,7 +147,7 @@ class Judge:
         return c.compression_ratio >= p.target_compression
 
 
-def builder(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy,
+def builder(net: nn.Sequential, spec: nets.Spec, scores: Scores, policy: Policy,
             judge: Judge) -> Callable[[float], Candidate]:
     """amount -> candidate: the mask, re-fitted per fold on the fit part and judged on the part
     left out (mean KL over every calibration sample); the first fold's network stands for it."""
@@ -169,7 +169,7 @@ def builder(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy,
     return build
 
 
-def sizer(net: nn.Module, spec: nets.Spec, scores: Scores, policy: Policy,
+def sizer(net: nn.Sequential, spec: nets.Spec, scores: Scores, policy: Policy,
           shipped: ShippedSize) -> Callable[[float], float]:
     """Compression ratio at an amount without recovery (the mask sets the size; a re-fit only
     changes the int8 values a little)."""

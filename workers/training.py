@@ -135,7 +135,7 @@ def quantize_stem(net: nn.Sequential, spec: nets.Spec) -> None:
     """Round the stem's weights to int8 in place, so the dense base and every pruned artifact
     share a bit-identical stem (its output is what the sketches carry)."""
     with torch.no_grad():
-        for module in net[: spec["stem_end"]]:
+        for module in nets.stem(net, spec):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 module.weight.copy_(round_trip(module.weight))
 

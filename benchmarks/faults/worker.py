@@ -44,6 +44,7 @@ def main() -> None:
     checkpoint = tiny_checkpoint(args.cache_dir)
     init_ray(None, num_cpus=args.num_cpus)
     store = FleetStore.from_settings(settings)
+    assert settings.mlflow_tracking_uri is not None  # Settings defaults it under state_dir
     tracker = Tracker(settings.mlflow_tracking_uri, Path(settings.state_dir) / "mlartifacts")
     try:
         Dispatcher(store, tracker, DispatcherConfig(max_parallel=args.max_parallel, poll_s=1.0, heartbeat_s=2.0),

@@ -73,7 +73,8 @@ def split_windows(records: list[TelemetryPublic], version: str | None, since: fl
     after `since`, in stream order."""
     mine = sorted((r for r in records if r.deployed_version == version and (since is None or r.window_end >= since)),
                   key=lambda r: r.seq)
-    baseline, recent = [], []
+    baseline: list[TelemetryPublic] = []
+    recent: list[TelemetryPublic] = []
     for r in mine:
         if sum(x.inference_count for x in baseline) >= min_inferences:
             break
@@ -299,8 +300,8 @@ class Controller:
         if action is Action.ABORT:
             self.store.abort_rollout(rollout.id, reason=f"{failed} device(s) regressed or rolled back")
         elif action is Action.ADVANCE:
-            after = self.store.advance_rollout(rollout.id, reason=f"{healthy} device(s) healthy")
-            if after.state == "completed":  # the dispatcher moves MLflow's `champion` alias to it
+            advanced = self.store.advance_rollout(rollout.id, reason=f"{healthy} device(s) healthy")
+            if advanced.state == "completed":  # the dispatcher moves MLflow's `champion` alias to it
                 self.store.enqueue_job(None, "promote", f"promote:{rollout.id}:{rollout.version_id}",
                                        f"rollout {rollout.id} to cohort {rollout.cohort} completed")
         return action

@@ -111,7 +111,7 @@ def _above(value: float, threshold: float) -> str:
 
 def _accuracy_reasons(state: DeviceState, policy: TriggerPolicy) -> list[str]:
     """Drops beyond the windows' noise only: a 256-inference window alone crosses 3 pp often."""
-    reasons = []
+    reasons: list[str] = []
     base, recent = state.baseline, state.recent
     if recent.inferences < policy.min_inferences or base.inferences < policy.min_inferences:
         return reasons

@@ -35,15 +35,15 @@ class Principal:
 def principal_for_hash(s: Session, token_hash: str, kind: str) -> Principal | None:
     """The live (not revoked) principal whose token hashes to `token_hash`, else None."""
     if kind == "device":
-        row = s.execute(select(Device.id, Device.revoked_at).where(Device.token_hash == token_hash)).first()
-        if row is None or row.revoked_at is not None:
+        device = s.execute(select(Device.id, Device.revoked_at).where(Device.token_hash == token_hash)).first()
+        if device is None or device.revoked_at is not None:
             return None
-        return Principal("device", row.id)
-    row = s.execute(select(ApiKey.id, ApiKey.role, ApiKey.revoked_at)
+        return Principal("device", device.id)
+    key = s.execute(select(ApiKey.id, ApiKey.role, ApiKey.revoked_at)
                     .where(ApiKey.key_hash == token_hash)).first()
-    if row is None or row.revoked_at is not None:
+    if key is None or key.revoked_at is not None:
         return None
-    return Principal("operator", row.id, row.role)
+    return Principal("operator", key.id, key.role)
 
 
 REVOCATION_OVERLAP = dt.timedelta(minutes=2)
@@ -58,10 +58,10 @@ async def principal_for_hash_async(engine: AsyncEngine, token_hash: str, kind: s
     read, a fraction of the cost of a full unit of work)."""
     async with engine.connect() as conn:
         if kind == "device":
-            row = (await conn.execute(_DEVICE_BY_HASH, {"h": token_hash})).first()
-            return None if row is None or row.revoked_at is not None else Principal("device", row.id)
-        row = (await conn.execute(_KEY_BY_HASH, {"h": token_hash})).first()
-        return None if row is None or row.revoked_at is not None else Principal("operator", row.id, row.role)
+            device = (await conn.execute(_DEVICE_BY_HASH, {"h": token_hash})).first()
+            return None if device is None or device.revoked_at is not None else Principal("device", device.id)
+        key = (await conn.execute(_KEY_BY_HASH, {"h": token_hash})).first()
+        return None if key is None or key.revoked_at is not None else Principal("operator", key.id, key.role)
 
 
 def revocations_since(s: Session, after_id: int) -> tuple[int, list[str]]:

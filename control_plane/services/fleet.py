@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import ColumnElement, Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Device, ModelVersion, SketchRecord, Telemetry
@@ -47,6 +47,7 @@ def series(s: Session, *, since: dt.datetime, until: dt.datetime, bucket_s: floa
     estimate, and the mean compression ratio of the versions the records say they ran."""
     if bucket_s <= 0 or (until - since).total_seconds() / bucket_s > MAX_POINTS:
         raise ValidationFailedError(f"at most {MAX_POINTS} buckets: widen bucket_s or shorten the range")
+    bucket: ColumnElement[float]
     if s.get_bind().dialect.name == "postgresql":
         bucket = func.floor(func.extract("epoch", Telemetry.received_at) / bucket_s)
     else:  # SQLite stores the UTC time as text

@@ -30,14 +30,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from control_plane.db.models import Device, Telemetry, utcnow
+from control_plane.db.models import Base, Device, Telemetry, utcnow
 from control_plane.errors import UnavailableError
 from control_plane.schemas import TelemetryRecord
 
 logger = logging.getLogger(__name__)
 TOUCH_MIN_AGE_S = 15.0  # last_seen_at is refreshed at most this often per device (offline is minutes)
-_TELEMETRY = Telemetry.__table__
-_DEVICES = Device.__table__
+_TELEMETRY = Base.metadata.tables[Telemetry.__tablename__]
+_DEVICES = Base.metadata.tables[Device.__tablename__]
 
 _PG_INSERT = """
 INSERT INTO telemetry (device_id, seq, uuid, received_at, window_start, window_end, inference_count,

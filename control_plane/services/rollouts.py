@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from control_plane.db.models import Device, Rollout, RolloutDevice, utcnow
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.services import audit
-from control_plane.services.devices import set_desired_version
+from control_plane.services.devices import get_device, set_desired_version
 from control_plane.services.versions import get_version
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _apply_stage(s: Session, r: Rollout, actor: str) -> int:
     for device_id in target:
         if device_id in done:
             continue
-        d = s.get(Device, device_id)
+        d = get_device(s, device_id)
         s.add(RolloutDevice(rollout_id=r.id, device_id=device_id, previous_version=d.desired_version,
                             stage=r.stage))
         set_desired_version(s, device_id, r.version_id, actor=actor,

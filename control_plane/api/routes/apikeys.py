@@ -18,14 +18,14 @@ router = APIRouter(prefix=API_PREFIX, tags=["admin"])
 async def me(principal: Viewer, ctx: Ctx) -> Me:
     """Who this API key is: its id, name and role (the dashboard shows or hides actions by it)."""
     key = await ctx.db.run(auth.get_api_key, principal.id)
-    return Me(id=key.id, name=key.name, role=key.role)
+    return Me.model_validate(key, from_attributes=True)
 
 
 @router.post("/apikeys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
 async def create_api_key(body: ApiKeyCreate, principal: Admin, ctx: Ctx) -> ApiKeyCreated:
     """A new key; the secret is in this answer only."""
     key, secret = await ctx.db.run(auth.create_api_key, name=body.name, role=body.role, actor=principal.actor)
-    return ApiKeyCreated(id=key.id, name=key.name, role=key.role, api_key=secret)
+    return ApiKeyCreated(id=key.id, name=key.name, role=body.role, api_key=secret)
 
 
 @router.get("/apikeys", response_model=list[ApiKeyPublic])

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, status
 
 from control_plane.api import API_PREFIX
 from control_plane.api.deps import Ctx, Operator, Viewer
+from control_plane.db.models import Device
 from control_plane.schemas import (
     MAX_INT,
     DeviceCreate,
@@ -41,8 +42,7 @@ async def create_device(body: DeviceCreate, principal: Operator, ctx: Ctx) -> De
     d, token = await ctx.db.run(devices.create_device, name=body.name, labels=body.labels,
                                 base_model=body.base_model, actor=principal.actor,
                                 enrollment_ttl_s=ctx.settings.enrollment_ttl_s)
-    return DeviceCreated(device_id=d.id, name=d.name, enrollment_token=token,
-                         enrollment_expires_at=d.enrollment_expires_at)
+    return _created(d, token)
 
 
 @router.get("", response_model=DeviceList)
@@ -96,6 +96,12 @@ async def reissue_enrollment(device_id: str, principal: Operator, ctx: Ctx) -> D
     d, token = await ctx.db.run(devices.reissue_enrollment, device_id, actor=principal.actor,
                                 enrollment_ttl_s=ctx.settings.enrollment_ttl_s)
     ctx.tokens.forget(old.token_hash)
+    return _created(d, token)
+
+
+def _created(d: Device, token: str) -> DeviceCreated:
+    if d.enrollment_expires_at is None:
+        raise RuntimeError(f"device {d.id} was given an enrollment token without an expiry")
     return DeviceCreated(device_id=d.id, name=d.name, enrollment_token=token,
                          enrollment_expires_at=d.enrollment_expires_at)
 

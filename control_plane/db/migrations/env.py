@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from control_plane.db.engine import make_sync_engine
 from control_plane.db.models import Base
@@ -24,7 +24,11 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_sync_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("the Alembic config has neither a connection nor sqlalchemy.url; "
+                           "migrate through control_plane.db.migrate")
+    engine = make_sync_engine(url)
     try:
         with engine.connect() as conn:
             _run(conn)
@@ -35,7 +39,7 @@ def run_migrations_online() -> None:
 MIGRATION_LOCK = 0x51534145  # PostgreSQL advisory lock id: replicas starting together migrate one at a time
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       compare_type=True)
     with context.begin_transaction():
