@@ -36,7 +36,40 @@ def test_kl_budget_search_keeps_the_most_pruning_within_the_budget(tiny_cnn):
     feasible = [c for c in found if c.meets_policy]
     assert chosen.compression_ratio >= max(c.compression_ratio for c in feasible) * 0.97  # re-fit on all moves it a little
     assert any(c.kl > 0.002 for c in found)  # the bisection did probe beyond the budget
-    assert len(found) == 2 * policy.search_steps  # bisection, not a grid
+    for criterion in ("energy", "magnitude"):  # bisection, not a grid
+        assert len([c for c in found if c.criterion == criterion]) <= 2 * policy.search_steps - 1
+
+
+def _plain_bisection(build, policy):
+    lo, hi, seen = 0.0, policy.max_amount, []
+    for _ in range(policy.search_steps):
+        mid = (lo + hi) / 2
+        seen.append(build(mid))
+        lo, hi = (mid, hi) if seen[-1].kl <= policy.kl_budget else (lo, mid)
+    return seen
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.25, 0.2, 0.05])
+def test_the_budget_search_chooses_what_plain_bisection_chooses_building_its_first_midpoint_only_if_needed(budget):
+    policy = Policy(kl_budget=budget, min_compression=1.5, search_steps=6)
+    built = []
+
+    def build(amount):  # KL and compression both grow with the amount
+        built.append(amount)
+        c = search.Candidate("qsae", amount, "lsq", None, amount ** 2, 100, 1 / (1 - amount), 0, 0)
+        c.meets_policy = c.kl <= budget and c.compression_ratio >= policy.min_compression
+        return c
+
+    found = search.bisect(build, policy)
+    plain = _plain_bisection(build, policy)
+    assert built[:len(found)] == [c.amount for c in found]  # what it reports is what it built
+    chosen, expected = search.best(found, policy), search.best(plain, policy)
+    assert (chosen and chosen.amount) == (expected and expected.amount)
+    first = policy.max_amount / 2
+    if any(c.meets_policy and c.amount > first for c in plain):
+        assert first not in [c.amount for c in found] and len(found) == policy.search_steps - 1
+    else:  # nothing above the midpoint meets the policy: the midpoint, then below it if it fails
+        assert first in [c.amount for c in found]
 
 
 def test_target_compression_reaches_the_ratio_with_one_full_candidate(tiny_cnn):
