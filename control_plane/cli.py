@@ -29,7 +29,7 @@ def _setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store():
     from control_plane.services import FleetStore
 
     return FleetStore.from_settings()
@@ -189,7 +189,7 @@ def keys_list() -> None:
     from control_plane.keys import load_or_create_signing_key
     from control_plane.settings import get_settings
 
-    signer = load_or_create_signing_key(get_settings().signing_key_file)  # type: ignore[arg-type]
+    signer = load_or_create_signing_key(get_settings().signing_key_file)
     typer.echo(json.dumps({"current": signer.key_id, "trusted": trusted_public_keys(signer)}, indent=1))
 
 
@@ -203,8 +203,8 @@ def keys_rotate(retire_previous: bool = typer.Option(False, help="devices that f
     from control_plane.settings import get_settings
 
     path = get_settings().signing_key_file
-    load_or_create_signing_key(path)  # type: ignore[arg-type]
-    ann = rotate_signing_key(path, retire_previous=retire_previous)  # type: ignore[arg-type]
+    load_or_create_signing_key(path)
+    ann = rotate_signing_key(path, retire_previous=retire_previous)
     typer.echo(json.dumps(ann.to_dict(), indent=1))
 
 

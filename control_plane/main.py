@@ -67,8 +67,8 @@ def create_app(settings: Settings | None = None, *, artifact_store: ArtifactStor
         writer = TelemetryWriter(db.engine, max_batch_rows=settings.ingest_batch_max,
                                  touch_interval_s=settings.touch_interval_s, linger_s=settings.ingest_linger_s)
         tokens = TokenCache(db, ttl_s=settings.token_cache_ttl_s, max_entries=settings.token_cache_size)
-        store = artifact_store or LocalArtifactStore(settings.artifact_dir)  # type: ignore[arg-type]
-        signer = load_or_create_signing_key(settings.signing_key_file)  # type: ignore[arg-type]
+        store = artifact_store or LocalArtifactStore(settings.artifact_dir)
+        signer = load_or_create_signing_key(settings.signing_key_file)
         ctx = AppContext(settings=settings, db=db, bus=bus, writer=writer, tokens=tokens, store=store,
                          signer=signer, metrics=metrics)
         try:
@@ -127,7 +127,7 @@ def _document_raw_bodies(app: FastAPI) -> None:
 
     build = app.openapi
 
-    def openapi() -> dict:  # type: ignore[type-arg]
+    def openapi() -> dict:
         if app.openapi_schema is None:
             doc = build()
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _under_state_dir() -> Any:
+    """The default of a field that lives under state_dir: None until `_fill_state_paths` resolves
+    it, so that once built the field always holds its declared type."""
+    return Field(default=None, validate_default=False)
 
 
 class Settings(BaseSettings):
@@ -25,22 +32,22 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".fleet")
     # SQLAlchemy URL; default sqlite:////<abs state_dir>/fleet.db. `postgresql://...` in production
     # (the driver is chosen per use: asyncpg for the API, psycopg for sync callers).
-    database_url: str | None = None
+    database_url: str = _under_state_dir()
     # redis://host:port/db; None = no Redis: wake-ups and assignment changes are found by polling,
     # rate limits are per process.
     redis_url: str | None = None
     # Prefix of every Redis key this deployment uses (lets test runs share one Redis).
     redis_prefix: str = "qsae:"
     # Content-addressed artifact folder; default <state_dir>/artifacts.
-    artifact_dir: Path | None = None
+    artifact_dir: Path = _under_state_dir()
     # MLflow tracking (and registry) URI; default sqlite:////<abs state_dir>/mlflow.db.
-    mlflow_tracking_uri: str | None = None
+    mlflow_tracking_uri: str = _under_state_dir()
     # Browser URL of an MLflow UI, only used to build links; None = no links.
     mlflow_ui_url: str | None = None
     # Ray cluster address for the workers; None = start a local Ray.
     ray_address: str | None = None
     # Ed25519 key that signs manifests; generated on first use; default <state_dir>/keys/signing.key.
-    signing_key_file: Path | None = None
+    signing_key_file: Path = _under_state_dir()
     # If set, `qsae-fleet db upgrade` / the server ensure an admin API key with this exact value.
     bootstrap_admin_key: str | None = Field(default=None, repr=False)
     # Interface and port `qsae-fleet serve` binds to.

@@ -66,7 +66,7 @@ class Sketch:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.samples.shape[1:])  # type: ignore[return-value]
+        return tuple(self.samples.shape[1:])
 
     @property
     def num_samples(self) -> int:
@@ -175,7 +175,7 @@ def parse_sketch(data: bytes, limits: SketchLimits | None = None) -> Sketch:
         device_id=header["device_id"], seq=seq, window_start=float(header["window_start"]),
         window_end=float(header["window_end"]), inference_count=count,
         base_model=header["base_model"], deployed_version=header.get("deployed_version"),
-        extra=header.get("extra", {}), **arrays,  # type: ignore[arg-type]
+        extra=header.get("extra", {}), **arrays,
     )
     _check_consistent(sketch)
     return sketch

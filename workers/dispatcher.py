@@ -448,7 +448,6 @@ def run_dispatcher(stop: threading.Event | None = None, config: DispatcherConfig
     from control_plane.settings import get_settings
 
     settings = get_settings()
-    assert settings.mlflow_tracking_uri is not None  # Settings defaults it under state_dir
     init_ray(settings.ray_address)
     store = FleetStore.from_settings(settings)
     tracker = Tracker(settings.mlflow_tracking_uri, Path(settings.state_dir) / "mlartifacts")

@@ -16,7 +16,7 @@ from pathlib import Path
 BASE_MODEL = "tiny-cnn"  # workers.nets.TINY_CNN, as the tests use (imported lazily: no torch here)
 
 
-def tiny_checkpoint(cache_dir: Path):  # type: ignore[no-untyped-def]
+def tiny_checkpoint(cache_dir: Path):
     """The tiny base model, trained on first use and cached under `cache_dir`."""
     from workers.nets import TINY_CNN
     from workers.training import TrainConfig, load_or_train
@@ -44,7 +44,6 @@ def main() -> None:
     checkpoint = tiny_checkpoint(args.cache_dir)
     init_ray(None, num_cpus=args.num_cpus)
     store = FleetStore.from_settings(settings)
-    assert settings.mlflow_tracking_uri is not None  # Settings defaults it under state_dir
     tracker = Tracker(settings.mlflow_tracking_uri, Path(settings.state_dir) / "mlartifacts")
     try:
         Dispatcher(store, tracker, DispatcherConfig(max_parallel=args.max_parallel, poll_s=1.0, heartbeat_s=2.0),

@@ -79,7 +79,7 @@ async def _check_device(ctx: AppContext, principal: Principal, device_id: str) -
 CurrentDevice = Annotated[Principal, Depends(current_device)]
 
 
-def require_role(role: str):  # type: ignore[no-untyped-def]
+def require_role(role: str):
     async def check(principal: CurrentPrincipal) -> Principal:
         if principal.kind != "operator":
             raise PermissionDeniedError("this endpoint is for operators: use an API key (qk_...)")

@@ -138,8 +138,8 @@ def state_expr(rules: StateRules) -> ColumnElement[str]:
 
 def _decorate(row: Any) -> Device:
     d, state, ratio = row
-    d.state = state  # type: ignore[attr-defined]
-    d.compression_ratio = ratio  # type: ignore[attr-defined]
+    d.state = state
+    d.compression_ratio = ratio
     return d
 
 

@@ -45,7 +45,7 @@ class FleetStore:
         self.settings = settings
         self.bus = SyncBus(settings.redis_url, settings.redis_prefix)
         self.db = SyncDatabase(str(settings.database_url), on_commit=self.bus.publish)
-        self.artifacts: ArtifactStore = artifact_store or LocalArtifactStore(Path(settings.artifact_dir))  # type: ignore[arg-type]
+        self.artifacts: ArtifactStore = artifact_store or LocalArtifactStore(settings.artifact_dir)
         self._signer: SigningKey | None = None
 
     @classmethod
@@ -66,7 +66,7 @@ class FleetStore:
     @property
     def signer(self) -> SigningKey:
         if self._signer is None:
-            self._signer = load_or_create_signing_key(Path(self.settings.signing_key_file))  # type: ignore[arg-type]
+            self._signer = load_or_create_signing_key(self.settings.signing_key_file)
         return self._signer
 
     def signing_public_keys(self) -> dict[str, str]:
