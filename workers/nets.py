@@ -123,6 +123,27 @@ def validate(spec: Spec) -> None:
     shape_trace(spec)
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d (kernel = stride, no padding). Outside autograd it takes the elementwise maximum
+    of the kernel's k x k strided views of the input: the same values, about 10x faster than torch's
+    CPU pooling kernel on one thread (1.2 against 11.7 ms for 256 x 44 x 14 x 14), which the re-fit
+    and the search run many times. Under autograd torch's own kernel runs, so training is unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size if isinstance(self.kernel_size, int) else 0
+        plain = k >= 2 and self.stride == k and self.padding == 0 and self.dilation == 1 and not self.ceil_mode
+        if not plain or x.dim() != 4 or (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        windows = x[..., : h - h % k, : w - w % k].reshape(n, c, h // k, k, w // k, k)
+        out = windows[:, :, :, 0, :, 0]
+        for i in range(k):
+            for j in range(k):
+                if i or j:
+                    out = torch.maximum(out, windows[:, :, :, i, :, j])
+        return out
+
+
 def build(spec: Spec) -> nn.Sequential:
     """An untrained torch network for a spec (layer i of the spec is module i)."""
     validate(spec)
@@ -137,7 +158,7 @@ def build(spec: Spec) -> nn.Sequential:
         elif kind == "relu":
             modules.append(nn.ReLU())
         elif kind == "maxpool":
-            modules.append(nn.MaxPool2d(layer["kernel"]))
+            modules.append(MaxPool2d(layer["kernel"]))
         else:
             modules.append(nn.Flatten())
     return nn.Sequential(*modules)
