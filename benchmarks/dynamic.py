@@ -5,7 +5,7 @@
 `dynamic_qsae` runs the real loop: control plane, dispatcher (local Ray), controller and simulated
 agents, with the stream paced in real time so retraining lag counts. The fleet is the demo's (six
 devices, three kinds of drift; `--quick`: the first three) with phases 3x (1.4x) as long: about four
-minutes (90 s) of stream per phase, against retrains of 10 to 30 s on this machine. Every other method is scored
+minutes (90 s) of stream per phase, against retrains of 5 to 20 s (docs/dynamic-loop.md). Every other method is scored
 on exactly the images each device saw, in stream order: `dense` (fp32), `int8` (the base artifact),
 `static_magnitude` (one global magnitude mask with the same recovery, calibrated on the fleet's
 initial data) and `static_qsae` (each device pruned once on its initial phase), the statics at a
