@@ -139,7 +139,8 @@ def refit_layer(layer: nn.Conv2d | nn.Linear, mask: torch.Tensor | None, system:
             sol = _spd_solve(lhs, b)
         new[np.ix_(np.asarray(idx), s.numpy())] = sol.T
     layer.weight.copy_(new[:, :d].reshape(layer.weight.shape).to(layer.weight.dtype))
-    nets.bias(layer).copy_(new[:, d].to(layer.weight.dtype))
+    bias = nets.bias(layer)
+    bias.copy_(new[:, d].to(bias.dtype))
 
 
 def _spd_solve(lhs: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
