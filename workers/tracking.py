@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ class Tracker:
         return run_id
 
     def register_version(self, model_name: str, run_id: str, tags: dict[str, str],
-                         aliases: list[str] = ()) -> str:  # type: ignore[assignment]
+                         aliases: Sequence[str] = ()) -> str:
         """Register the run's `model/` folder as a new version of `model_name`; returns the version."""
         from mlflow.exceptions import MlflowException
 
