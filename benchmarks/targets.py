@@ -90,7 +90,7 @@ def _p8_side(rows: list[dict], calibration: str, policy: str | None) -> dict | N
         if r["calibration"] == calibration and (r["default_policy"] or r["policy"].startswith("kl_budget=")):
             by_policy["default" if r["default_policy"] else r["policy"]].append(r)
     sides: list[dict[str, Any]] = [{"policy": name, "compression_ratio": ratio, "drop_pp": drop}
-             for name, rs in by_policy.items() for ratio, drop, _ in [_means(rs)]]
+                                   for name, rs in by_policy.items() for ratio, drop, _ in [_means(rs)]]
     if policy is not None:
         return next((s for s in sides if s["policy"] == policy), None)
     within = [s for s in sides if s["drop_pp"] <= WITHIN_PP]
