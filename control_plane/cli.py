@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from control_plane.services import FleetStore
 
 app = typer.Typer(help="QSAE Fleet server side: control plane, workers, controller, demo.", pretty_exceptions_show_locals=False,
                   no_args_is_help=True)
@@ -29,7 +33,7 @@ def _setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _store():
+def _store() -> FleetStore:
     from control_plane.services import FleetStore
 
     return FleetStore.from_settings()

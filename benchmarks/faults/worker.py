@@ -12,11 +12,15 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workers.training import Checkpoint
 
 BASE_MODEL = "tiny-cnn"  # workers.nets.TINY_CNN, as the tests use (imported lazily: no torch here)
 
 
-def tiny_checkpoint(cache_dir: Path):
+def tiny_checkpoint(cache_dir: Path) -> Checkpoint:
     """The tiny base model, trained on first use and cached under `cache_dir`."""
     from workers.nets import TINY_CNN
     from workers.training import TrainConfig, load_or_train

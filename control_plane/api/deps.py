@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -79,7 +80,7 @@ async def _check_device(ctx: AppContext, principal: Principal, device_id: str) -
 CurrentDevice = Annotated[Principal, Depends(current_device)]
 
 
-def require_role(role: str):
+def require_role(role: str) -> Callable[[Principal], Awaitable[Principal]]:
     async def check(principal: CurrentPrincipal) -> Principal:
         if principal.kind != "operator":
             raise PermissionDeniedError("this endpoint is for operators: use an API key (qk_...)")
