@@ -40,8 +40,8 @@ class Scores:
 
 def _unit_view(act: torch.Tensor, group: Group | None) -> torch.Tensor:
     """A layer's input as per-unit activations: (N, C, H, W) or (N, C)."""
-    if group is not None and group.cols_per_unit > 1 and act.dim() == 2:
-        h, w = group.spatial  # type: ignore[misc]
+    if group is not None and group.spatial is not None and group.cols_per_unit > 1 and act.dim() == 2:
+        h, w = group.spatial
         return act.reshape(act.shape[0], group.units, h, w)
     return act
 
