@@ -49,12 +49,15 @@ def _ridge(x, y, w0, keep, lam):
 
 def test_the_primal_and_the_dual_solve_the_same_ridge_problem():
     rng = np.random.default_rng(0)
-    for samples in (200, 12):  # more samples than kept inputs (primal), fewer (dual)
-        x = rng.normal(size=(samples, 30)).astype(np.float32)
+    # (samples, inputs, share of inputs each row keeps): more samples than kept inputs (the primal,
+    # from the layer's whole Gram); fewer (the dual); a wide layer whose sparse rows are solved in
+    # the primal from their own columns and whose dense rows in the dual
+    for samples, inputs, shares in ((200, 30, (0.6,) * 4), (12, 30, (0.6,) * 4), (40, 100, (0.2, 0.1, 0.8, 0.9))):
+        x = rng.normal(size=(samples, inputs)).astype(np.float32)
         y = rng.normal(size=(samples, 4)).astype(np.float32)
-        layer = nn.Linear(30, 4)
+        layer = nn.Linear(inputs, 4)
         w0 = torch.cat([layer.weight.detach(), layer.bias.detach()[:, None]], 1).double().numpy()
-        mask = torch.from_numpy(rng.random((4, 30)) < 0.6)
+        mask = torch.from_numpy(rng.random((4, inputs)) < np.array(shares)[:, None])
         system = LayerSystem(torch.from_numpy(x), torch.from_numpy(y), damp=0.05)
         refit_layer(layer, mask, system)
         got = torch.cat([layer.weight.detach(), layer.bias.detach()[:, None]], 1).numpy()
@@ -62,7 +65,7 @@ def test_the_primal_and_the_dual_solve_the_same_ridge_problem():
             keep = np.append(mask[r].numpy(), True)
             want = _ridge(x.astype(np.float64), y[:, r].astype(np.float64), w0[r], keep, system.lam)
             np.testing.assert_allclose(got[r, keep], want, rtol=1e-4, atol=1e-5)
-            assert not got[r, :30][~mask[r].numpy()].any()
+            assert not got[r, :inputs][~mask[r].numpy()].any()
 
 
 def test_a_calibration_set_reused_across_candidates_gives_the_same_refit_as_a_fresh_one(tiny_cnn):
