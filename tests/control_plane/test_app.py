@@ -60,7 +60,7 @@ def test_metrics_exposes_requests_ingest_queue_jobs_and_states(client, keys, dev
 
 
 def test_unexpected_error_is_a_logged_500(client, keys, monkeypatch, caplog):
-    def boom(*a, **k):  # type: ignore[no-untyped-def]
+    def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(fleet, "summary", boom)
@@ -71,7 +71,7 @@ def test_unexpected_error_is_a_logged_500(client, keys, monkeypatch, caplog):
 
 
 def test_lost_database_is_503(client, keys, monkeypatch):
-    def down(*a, **k):  # type: ignore[no-untyped-def]
+    def down(*a, **k):
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
     monkeypatch.setattr(fleet, "summary", down)

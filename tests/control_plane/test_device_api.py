@@ -24,7 +24,7 @@ from tests.control_plane.cp_helpers import (
 )
 
 
-def count(store: FleetStore, model, device_id: str) -> int:  # type: ignore[no-untyped-def]
+def count(store: FleetStore, model, device_id: str) -> int:
     return store.db.run(lambda s: s.scalar(select(func.count()).select_from(model)
                                            .where(model.device_id == device_id)))
 

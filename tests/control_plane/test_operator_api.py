@@ -10,7 +10,7 @@ import pytest
 from tests.control_plane.cp_helpers import BASE_MODEL, bearer, make_device, make_sketch, make_version, record
 
 
-def op(keys, role="operator"):  # type: ignore[no-untyped-def]
+def op(keys, role="operator"):
     return bearer(keys[role])
 
 

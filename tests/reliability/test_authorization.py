@@ -94,7 +94,7 @@ def operations(app: Any) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 @pytest.fixture(scope="module")
-def cast(client: TestClient, keys: dict[str, str], store) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def cast(client: TestClient, keys: dict[str, str], store) -> dict[str, Any]:
     """The callers' credentials, and the devices the paths name."""
     me, other, victim, revoked = (new_device(client, keys["operator"]) for _ in range(4))
     assert client.delete(f"/api/v1/devices/{revoked.id}", headers=bearer(keys["operator"])).status_code == 200
@@ -173,7 +173,7 @@ def test_a_device_token_never_reads_another_device(client: TestClient, two_devic
 
 @pytest.mark.parametrize("what", ["device token", "api key"])
 def test_revoked_credentials_stop_working_within_a_second_on_another_replica(
-        client: TestClient, settings, keys: dict[str, str], store, what: str) -> None:  # type: ignore[no-untyped-def]
+        client: TestClient, settings, keys: dict[str, str], store, what: str) -> None:
     with TestClient(create_app(settings), raise_server_exceptions=False) as replica:
         if what == "device token":
             dev = new_device(client, keys["operator"])

@@ -72,7 +72,7 @@ class SmallDispatcher(Dispatcher):
 
 
 def run_until_complete(store: FlakyStore, tmp_path: Any) -> SmallDispatcher:
-    d = SmallDispatcher(store, tracker=None, config=DispatcherConfig(poll_s=0.01, heartbeat_s=0.0),  # type: ignore[arg-type]
+    d = SmallDispatcher(store, tracker=None, config=DispatcherConfig(poll_s=0.01, heartbeat_s=0.0),
                         models_dir=tmp_path)
     d.ray = FakeRay()
     stop, errors = threading.Event(), []
@@ -94,7 +94,7 @@ def run_until_complete(store: FlakyStore, tmp_path: Any) -> SmallDispatcher:
     return d
 
 
-def test_a_lost_database_is_waited_out_and_the_result_is_recorded_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_lost_database_is_waited_out_and_the_result_is_recorded_once(tmp_path) -> None:
     store = FlakyStore({"claim": 2, "progress": 1, "complete": 3})
     d = run_until_complete(store, tmp_path)
     assert store.completed == [1]  # the result survived three failed attempts to record it
@@ -102,14 +102,14 @@ def test_a_lost_database_is_waited_out_and_the_result_is_recorded_once(tmp_path)
     assert not d.inflight
 
 
-def test_other_errors_still_fail_the_job_with_their_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_other_errors_still_fail_the_job_with_their_reason(tmp_path) -> None:
     store = FlakyStore({})
 
     class Broken(SmallDispatcher):
         def _finish_retrain(self, job: Any, result: dict[str, Any], ctx: dict[str, Any]) -> None:
             raise ValueError("manifest without files")
 
-    d = Broken(store, tracker=None, config=DispatcherConfig(poll_s=0.01), models_dir=tmp_path)  # type: ignore[arg-type]
+    d = Broken(store, tracker=None, config=DispatcherConfig(poll_s=0.01), models_dir=tmp_path)
     d.ray = FakeRay()
     d._claim_up_to_capacity()
     f = next(iter(d.inflight.values()))

@@ -41,12 +41,12 @@ schema = schemathesis.openapi.from_dict(_openapi())
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(settings, live_factory):  # type: ignore[no-untyped-def]
+def fuzz_server(settings, live_factory):
     return live_factory(live_env(settings, ADMIN, FLEET_REDIS_PREFIX=f"{settings.redis_prefix}fuzz:"))
 
 
 @pytest.fixture(scope="module")
-def fuzz_device(fuzz_server):  # type: ignore[no-untyped-def]
+def fuzz_device(fuzz_server):
     import httpx
 
     with httpx.Client(base_url=fuzz_server.url, timeout=10) as c:
@@ -60,7 +60,7 @@ def _is_device_operation(case: Any) -> bool:
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE)
-def test_no_generated_request_gets_a_server_error(case, fuzz_server, fuzz_device) -> None:  # type: ignore[no-untyped-def]
+def test_no_generated_request_gets_a_server_error(case, fuzz_server, fuzz_device) -> None:
     if _is_device_operation(case):
         case.path_parameters["device_id"] = fuzz_device.id
         headers = fuzz_device.auth
@@ -73,7 +73,7 @@ def test_no_generated_request_gets_a_server_error(case, fuzz_server, fuzz_device
                                         f"reproduce: {case.as_curl_command(headers=headers)}")
 
 
-def test_the_served_schema_is_the_fuzzed_one(fuzz_server) -> None:  # type: ignore[no-untyped-def]
+def test_the_served_schema_is_the_fuzzed_one(fuzz_server) -> None:
     import httpx
 
     served = httpx.get(f"{fuzz_server.url}/openapi.json", timeout=10).json()

@@ -60,7 +60,7 @@ def test_an_announcement_round_trips_and_verifies_only_against_its_signer() -> N
     (lambda d: d.update(retire_previous="yes"), "true or false"),
     (lambda d: d.update(new_public_key="not base64!"), "base64"),
 ])
-def test_malformed_announcements_are_refused(edit, match) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_announcements_are_refused(edit, match) -> None:
     old, new = SigningKey.generate(), SigningKey.generate()
     doc = announce(old, new.public_key_b64, issued_at=1.0).to_dict()
     edit(doc)
@@ -82,7 +82,7 @@ def test_forged_malformed_and_unreachable_links_add_nothing() -> None:
     forged = replace(announce(evil, evil.public_key_b64, issued_at=1.0), signed_by=k1.key_id)  # claims k1
     by_stranger = announce(other, evil.public_key_b64, issued_at=2.0)  # signed by a key nobody pinned
     malformed = {**announce(k1, evil.public_key_b64, issued_at=3.0).to_dict(), "new_key_id": "0" * 16}
-    keys, applied = follow(pinned(k1), [forged, by_stranger, malformed, "junk"])  # type: ignore[list-item]
+    keys, applied = follow(pinned(k1), [forged, by_stranger, malformed, "junk"])
     assert keys == pinned(k1) and applied == []
 
 
@@ -99,7 +99,7 @@ def test_chain_from_manifest_extra_ignores_junk() -> None:
     assert chain_from_manifest_extra({MANIFEST_EXTRA_KEY: [1, {"a": 1}]}) == [{"a": 1}]
 
 
-def test_keyring_rotates_and_signers_follow_without_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_keyring_rotates_and_signers_follow_without_a_restart(tmp_path) -> None:
     path = tmp_path / "keys" / "signing.key"
     signer = load_or_create_signing_key(path)
     assert isinstance(signer, RotatingSigner)
@@ -123,7 +123,7 @@ def test_keyring_rotates_and_signers_follow_without_a_restart(tmp_path) -> None:
     assert len(chain_from_manifest_extra(signer.sign_manifest(manifest()).extra)) == 2
 
 
-def test_a_half_written_key_file_keeps_the_loaded_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_half_written_key_file_keeps_the_loaded_key(tmp_path) -> None:
     path = tmp_path / "signing.key"
     signer = load_or_create_signing_key(path)
     k1 = signer.key_id

@@ -24,7 +24,7 @@ SLOW_CLIENT_S = CLIENT_TIMEOUT_S + 2.0  # how long a stalled client may hold a c
 
 
 @pytest.fixture(scope="module")
-def server(settings, live_factory):  # type: ignore[no-untyped-def]
+def server(settings, live_factory):
     env = live_env(settings, ADMIN, FLEET_MAX_BODY_BYTES=str(BODY_CAP), FLEET_MAX_SKETCH_BYTES=str(SKETCH_CAP),
                    FLEET_MAX_TELEMETRY_RECORDS="50", FLEET_RATE_LIMIT_PER_MINUTE=str(RATE),
                    FLEET_CLIENT_TIMEOUT_S=str(CLIENT_TIMEOUT_S),
@@ -33,12 +33,12 @@ def server(settings, live_factory):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def http(server):  # type: ignore[no-untyped-def]
+def http(server):
     with httpx.Client(base_url=server.url, timeout=10) as c:
         yield c
 
 
-def fresh_device(http: httpx.Client):  # type: ignore[no-untyped-def]
+def fresh_device(http: httpx.Client):
     return new_device(http, ADMIN)
 
 
@@ -118,7 +118,7 @@ def _answer_or_close(s: socket.socket) -> tuple[float, bytes]:
     return time.monotonic() - t0, data
 
 
-def test_a_body_that_never_arrives_is_cut_off(server, http: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_that_never_arrives_is_cut_off(server, http: httpx.Client) -> None:
     dev = fresh_device(http)
     s = _raw(server.port)
     head = (f"POST /api/v1/devices/{dev.id}/telemetry HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -130,7 +130,7 @@ def test_a_body_that_never_arrives_is_cut_off(server, http: httpx.Client) -> Non
     assert answer.split(b" ")[1] == b"408", answer[:300]
 
 
-def test_headers_that_never_finish_are_cut_off(server) -> None:  # type: ignore[no-untyped-def]
+def test_headers_that_never_finish_are_cut_off(server) -> None:
     s = _raw(server.port)
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # a slowloris client
     waited, _ = _answer_or_close(s)

@@ -17,7 +17,7 @@ from tests.reliability.helpers import bearer, new_device
 from workers.demo import free_port
 
 
-def test_without_the_database_the_api_answers_503_with_retry_after(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_without_the_database_the_api_answers_503_with_retry_after(tmp_path) -> None:
     dead = free_port()  # nothing listens there: connections are refused, as while PostgreSQL restarts
     settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{dead}/fleet", state_dir=tmp_path,
                         token_cache_ttl_s=0.5)
@@ -34,7 +34,7 @@ def test_without_the_database_the_api_answers_503_with_retry_after(tmp_path) -> 
             assert int(r.headers["Retry-After"]) > 0 and "retry" in r.json()["detail"]
 
 
-def test_without_redis_devices_and_operators_carry_on(settings, keys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_without_redis_devices_and_operators_carry_on(settings, keys, tmp_path) -> None:
     no_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0",
                                            "rate_limit_per_minute": 100})
     with TestClient(create_app(no_redis), raise_server_exceptions=False) as c:
@@ -58,7 +58,7 @@ def test_database_errors_map_by_sqlstate(sqlstate: str, status: int) -> None:
     from control_plane.api.errors import database_error
 
     orig = Exception("the database system is starting up")
-    orig.sqlstate = sqlstate  # type: ignore[attr-defined]
+    orig.sqlstate = sqlstate
     request = Request({"type": "http", "method": "GET", "path": "/api/v1/devices", "headers": []})
     # In a thread of its own: a session-wide browser fixture may hold this thread's event loop.
     with ThreadPoolExecutor(1) as pool:

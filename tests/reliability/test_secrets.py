@@ -28,12 +28,12 @@ def sha(secret: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(settings, live_factory):  # type: ignore[no-untyped-def]
+def server(settings, live_factory):
     return live_factory(live_env(settings, ADMIN, FLEET_LOG_LEVEL="DEBUG"))
 
 
 @pytest.fixture(scope="module")
-def secrets_used(server) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def secrets_used(server) -> dict[str, str]:
     """Walk every path that handles a secret, against the live server; returns the secrets."""
     out: dict[str, str] = {"admin": ADMIN}
     with httpx.Client(base_url=server.url, timeout=10) as c:
@@ -63,7 +63,7 @@ def secrets_used(server) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return out
 
 
-def test_the_database_holds_only_hashes(store, secrets_used) -> None:  # type: ignore[no-untyped-def]
+def test_the_database_holds_only_hashes(store, secrets_used) -> None:
     dump = []
     for table in Base.metadata.sorted_tables:
         dump += store.db.run(lambda s, t=table.name: [r[0] for r in s.execute(text(f"SELECT x::text FROM {t} x"))])
@@ -74,7 +74,7 @@ def test_the_database_holds_only_hashes(store, secrets_used) -> None:  # type: i
         assert sha(secrets_used[name]) in everything, name
 
 
-def test_the_server_log_holds_no_secret(server, secrets_used) -> None:  # type: ignore[no-untyped-def]
+def test_the_server_log_holds_no_secret(server, secrets_used) -> None:
     log = server.log.read_text()
     assert "DEBUG" in log or "INFO" in log  # the server did log, verbosely
     for name, secret in secrets_used.items():
@@ -82,7 +82,7 @@ def test_the_server_log_holds_no_secret(server, secrets_used) -> None:  # type: 
         assert secret[3:20] not in log, f"part of the {name} secret is in the server log"
 
 
-def test_the_agent_logs_no_token_and_keeps_it_private(server, settings, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_the_agent_logs_no_token_and_keeps_it_private(server, settings, tmp_path, caplog) -> None:
     with httpx.Client(base_url=server.url, timeout=10) as c:
         made = c.post("/api/v1/devices", headers=bearer(ADMIN), json={"name": f"ag-{uuid.uuid4().hex[:6]}",
                                                                      "base_model": "m"})

@@ -66,31 +66,31 @@ def models() -> dict[str, tuple[Manifest, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def server(settings, live_factory):  # type: ignore[no-untyped-def]
+def server(settings, live_factory):
     return live_factory(live_env(settings, ADMIN))
 
 
 @pytest.fixture(scope="module")
-def http(server):  # type: ignore[no-untyped-def]
+def http(server):
     with httpx.Client(base_url=server.url, timeout=10, headers=bearer(ADMIN)) as c:
         yield c
 
 
-def publish(store, manifest: Manifest, data: bytes, version_id: str) -> str:  # type: ignore[no-untyped-def]
+def publish(store, manifest: Manifest, data: bytes, version_id: str) -> str:
     """Store the file and register the version unsigned: the server signs it with its current key."""
     store.put_artifact(data)
     return store.register_model_version(replace(manifest, version_id=version_id, key_id="", signature=""),
                                         status="approved").id
 
 
-def overwrite_manifest(store, version_id: str, manifest_json: str) -> None:  # type: ignore[no-untyped-def]
+def overwrite_manifest(store, version_id: str, manifest_json: str) -> None:
     """What an attacker with database access (or a broken replica) would serve."""
     store.db.run(lambda s: s.execute(text("UPDATE model_versions SET manifest = :m, manifest_sha256 = :h WHERE id = :v"),
                                      {"m": manifest_json, "h": hashlib.sha256(manifest_json.encode()).hexdigest(),
                                       "v": version_id}))
 
 
-def new_agent(http: httpx.Client, server, tmp_path: Path, clock: Clock) -> Agent:  # type: ignore[no-untyped-def]
+def new_agent(http: httpx.Client, server, tmp_path: Path, clock: Clock) -> Agent:
     r = http.post("/api/v1/devices", json={"name": f"signed-{uuid.uuid4().hex[:8]}", "labels": {}, "base_model": BASE})
     assert r.status_code == 201, r.text
     settings = load_settings(state_dir=tmp_path / r.json()["device_id"], server_url=server.url,
@@ -106,7 +106,7 @@ def settle(agent: Agent, clock: Clock, turns: int = 4) -> None:
         agent.tick()
 
 
-def events(http: httpx.Client, device_id: str, version_id: str) -> list[dict]:  # type: ignore[type-arg]
+def events(http: httpx.Client, device_id: str, version_id: str) -> list[dict]:
     r = http.get(f"/api/v1/devices/{device_id}")
     assert r.status_code == 200
     return [e for e in r.json()["events"] if e["version_id"] == version_id]
@@ -118,7 +118,7 @@ def serves(agent: Agent, version: str) -> bool:
 
 
 def test_bad_signatures_and_files_are_refused_and_the_old_model_keeps_serving(
-        store, server, http, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        store, server, http, models, tmp_path) -> None:
     (m_a, data_a), (m_b, data_b) = models["a"], models["b"]
     clock = Clock()
     agent = new_agent(http, server, tmp_path, clock)
@@ -161,7 +161,7 @@ def test_bad_signatures_and_files_are_refused_and_the_old_model_keeps_serving(
 
 
 def test_key_rotation_is_followed_and_a_forged_rotation_is_not(store, settings, server, http, models,
-                                                               tmp_path) -> None:  # type: ignore[no-untyped-def]
+                                                               tmp_path) -> None:
     m_a, data_a = models["a"]
     clock = Clock()
     agent = new_agent(http, server, tmp_path, clock)
@@ -216,7 +216,7 @@ def test_key_rotation_is_followed_and_a_forged_rotation_is_not(store, settings, 
 
 
 def test_the_agent_keeps_its_model_across_a_restart_after_a_rotation(store, settings, server, http, models,
-                                                                     tmp_path) -> None:  # type: ignore[no-untyped-def]
+                                                                     tmp_path) -> None:
     m_a, data_a = models["a"]
     clock = Clock()
     agent = new_agent(http, server, tmp_path, clock)
