@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -32,7 +32,7 @@ from edge_agent.config import load_settings
 from edge_agent.enroll import enroll
 from edge_agent.errors import AgentError, ConfigError
 from edge_agent.model import LoadedModel
-from edge_agent.runtime import Runtime
+from edge_agent.runtime import Predictions, Runtime
 from edge_agent.state import CREDENTIALS, load_credentials
 from qsae_shared.distributions import DeviceProfile, DeviceStream, profiles_from_scenario
 from qsae_shared.manifest import Manifest
@@ -140,8 +140,21 @@ class DeviceResult:
     polls_not_modified: int = 0  # ... answered 304
 
 
+class DeviceAgent(Protocol):
+    """What a simulated device drives: the real `Agent`, or `OfflineAgent` without a server."""
+
+    device_id: str
+    runtime: Runtime
+
+    def predict(self, images: np.ndarray, preprocessed: bool = False) -> Predictions: ...
+    def feedback(self, ids: np.ndarray, labels: np.ndarray) -> int: ...
+    def tick(self, now: float | None = None) -> None: ...
+    def flush(self, now: float | None = None, force: bool = False) -> None: ...
+    def close(self) -> None: ...
+
+
 class SimDevice:
-    def __init__(self, profile: DeviceProfile, agent: Agent, cfg: SimulationConfig, clock: SimClock) -> None:
+    def __init__(self, profile: DeviceProfile, agent: DeviceAgent, cfg: SimulationConfig, clock: SimClock) -> None:
         self.profile = profile
         self.agent = agent
         self.cfg = cfg
@@ -394,8 +407,12 @@ class OfflineAgent:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.device_id = runtime.device_id
-        self.predict = runtime.predict
-        self.feedback = runtime.feedback
+
+    def predict(self, images: np.ndarray, preprocessed: bool = False) -> Predictions:
+        return self.runtime.predict(images, preprocessed)
+
+    def feedback(self, ids: np.ndarray, labels: np.ndarray) -> int:
+        return self.runtime.feedback(ids, labels)
 
     def tick(self, now: float | None = None) -> None:
         self.runtime.close_window()  # keep memory flat; nothing is sent
@@ -421,7 +438,7 @@ def evaluate_offline(scenario: Path | str | dict[str, Any], manifest: Manifest, 
     for prof in profiles:
         rt = Runtime(prof.device_id, manifest.base_model, pending_labels=cfg.pending_labels, clock=clock)
         rt.swap(model)
-        sims.append(SimDevice(prof, OfflineAgent(rt), cfg, clock))  # type: ignore[arg-type]
+        sims.append(SimDevice(prof, OfflineAgent(rt), cfg, clock))
     return _run(sims, cfg, rounds, clock, threading.Event(), None)
 
 

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
+from benchmarks.faults.proxy import CutProxy
 from edge_agent.agent import Agent
 from edge_agent.config import load_settings
 from edge_agent.enroll import enroll
 from qsae_shared.data import load_split
 from qsae_shared.sketch import parse_sketch
 from tests.edge_agent.live import BASE_MODEL, ROOT, LiveControlPlane
-from tests.edge_agent.proxy import HoldingProxy
 
 
 class Clock:
@@ -40,7 +40,7 @@ def _fill_outbox(agent, clock, windows):
 def test_kill_9_in_the_middle_of_an_upload_loses_and_duplicates_nothing(live, kit, tmp_path):
     version = live.publish(kit.good, kit.good_bytes)
     device_id, token = live.new_device("crasher")
-    proxy = HoldingProxy(live.port)
+    proxy = CutProxy(live.port)
     state = tmp_path / "agent"
     settings = load_settings(state_dir=state, server_url=proxy.url, telemetry_interval_s=10, sketch_interval_s=10,
                              sketch_min_inferences=1, telemetry_batch=5, request_timeout_s=60)
@@ -70,9 +70,8 @@ def test_kill_9_in_the_middle_of_an_upload_loses_and_duplicates_nothing(live, ki
     deadline = time.monotonic() + 30
     while len(live.telemetry(device_id)) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
-    proxy.hold.set()
-    while proxy.held_bytes == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proxy.hold_answers()
+    proxy.wait_withheld(max(0.0, deadline - time.monotonic()))
     time.sleep(0.3)
     assert proc.poll() is None, "the agent finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
