@@ -95,7 +95,8 @@ class LayerSystem:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, damp: float) -> None:
         self.a = torch.cat([x.float(), torch.ones(len(x), 1)], 1)  # (M, D+1)
         self.y = y.float()  # (M, dense outputs)
-        self.lam = damp * float((x.double() ** 2).sum(0).mean().clamp_min(1e-12))  # damp * mean diag(X^T X)
+        flat = x.float().reshape(-1)
+        self.lam = damp * max(float(flat @ flat) / max(x.shape[1], 1), 1e-12)  # damp * mean diag(X^T X)
         self._products: dict[str, torch.Tensor] = {}
 
     def product(self, name: str) -> torch.Tensor:
