@@ -45,6 +45,9 @@ MAGIC = b"QART"
 VERSION = 1
 MODEL_ROLE = "model"
 MAX_UNPACKED_BYTES = 64 * 1024 * 1024  # refuse to inflate anything larger (decompression bombs)
+# and to unpack with more memory than this (an xz stream declares its dictionary size; artifacts
+# packed before session 11 used lzma's 64 MiB preset dictionary)
+MAX_UNPACK_MEMORY = MAX_UNPACKED_BYTES + 8 * 1024 * 1024
 ENCODINGS = ("masked-int8", "int8", "float32")
 COMPUTES = ("fp32", "int8")
 _PREFIX = struct.Struct("<4sH")
@@ -91,8 +94,16 @@ def _encode(t: PackedTensor) -> tuple[str, bytes]:
     return "masked-int8", np.packbits(flat).tobytes() + scales.tobytes() + v.reshape(-1)[flat].tobytes()
 
 
-def pack(graph: bytes, tensors: list[PackedTensor], meta: dict[str, Any] | None = None,
-         preset: int = 9 | lzma.PRESET_EXTREME) -> bytes:
+def _xz_filters(size: int) -> list[dict[str, int]]:
+    """lzma's strongest settings (preset 9, extreme) with a dictionary just large enough for
+    `size` bytes: the same compressed size as the preset's 64 MiB dictionary on every artifact
+    measured (60 to 460 KB; 5 header bytes differ), packed about 6x faster (11 against 64 ms for
+    75 KB), and a device unpacks it with a dictionary of 64 to 512 KiB instead of 64 MiB."""
+    dict_size = max(1 << 12, 1 << max(size - 1, 1).bit_length())
+    return [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
+
+
+def pack(graph: bytes, tensors: list[PackedTensor], meta: dict[str, Any] | None = None) -> bytes:
     """Serialize and compress an artifact. `meta` is stored in the header as-is (JSON)."""
     sections: list[bytes] = [graph]
     entries = []
@@ -109,8 +120,8 @@ def pack(graph: bytes, tensors: list[PackedTensor], meta: dict[str, Any] | None 
     header = canonical_json({"graph": {"offset": 0, "length": len(graph)}, "tensors": entries,
                              "meta": meta or {}})
     body = struct.pack("<I", len(header)) + header + b"".join(sections)
-    return _PREFIX.pack(MAGIC, VERSION) + lzma.compress(body, format=lzma.FORMAT_XZ,
-                                                         check=lzma.CHECK_CRC32, preset=preset)
+    return _PREFIX.pack(MAGIC, VERSION) + lzma.compress(body, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                                                         filters=_xz_filters(len(body)))
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -123,10 +134,13 @@ def _inflate(data: bytes) -> bytes:
     magic, version = _PREFIX.unpack_from(data)
     _require(magic == MAGIC, f"bad magic {magic!r}, expected {MAGIC!r}")
     _require(version == VERSION, f"unknown version {version}; this build reads {VERSION}")
-    dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=MAX_UNPACK_MEMORY)
     try:
         body = dec.decompress(data[_PREFIX.size:], max_length=MAX_UNPACKED_BYTES)
     except lzma.LZMAError as exc:
+        if "memory" in str(exc).lower():
+            raise ArtifactError(f"malformed artifact: its xz stream needs more than {MAX_UNPACK_MEMORY >> 20} MiB "
+                                f"to unpack ({exc})") from exc
         raise ArtifactError(f"malformed artifact: compressed body is corrupt ({exc})") from exc
     _require(dec.eof, "compressed body is truncated or inflates past "
              f"{MAX_UNPACKED_BYTES} bytes")

@@ -3,6 +3,7 @@ malformed is an ArtifactError that says what is wrong; the unpacked ONNX runs in
 
 import lzma
 import struct
+import zlib
 
 import numpy as np
 import onnxruntime as ort
@@ -54,6 +55,29 @@ def test_malformed_artifacts_are_rejected_with_a_reason(mutate, message):
     blob = artifact.pack(b"g", _tensors(np.random.default_rng(1)))
     with pytest.raises(ArtifactError, match=message):
         artifact.unpack(mutate(blob))
+
+
+def _xz_dictionary(blob: bytes) -> int:
+    """The dictionary size an artifact's xz stream declares (its one LZMA2 filter's property byte)."""
+    p = _block_header(blob)[4]
+    return (2 | (p & 1)) << (p // 2 + 11)
+
+
+def _block_header(blob: bytes) -> bytearray:
+    xz = blob[6:]  # after b"QART" and the version; then a 12-byte stream header
+    return bytearray(xz[12:12 + (xz[12] + 1) * 4])  # size, flags, filter id 0x21, 1 property byte, ..., CRC32
+
+
+def test_a_packed_artifact_asks_a_device_for_a_small_dictionary_and_a_greedy_one_is_refused():
+    blob = artifact.pack(b"g" * 3000, _tensors(np.random.default_rng(3)))
+    assert _xz_dictionary(blob) == 4096  # not lzma's preset 64 MiB: the body is about 3 KB
+    header = _block_header(blob)
+    assert header[2:4] == b"\x21\x01"
+    header[4] = 40  # declare a dictionary of 4 GiB - 1
+    header[-4:] = struct.pack("<I", zlib.crc32(header[:-4]))
+    greedy = blob[:18] + bytes(header) + blob[18 + len(header):]
+    with pytest.raises(ArtifactError, match="needs more than 72 MiB to unpack"):
+        artifact.unpack(greedy)
 
 
 def test_a_header_that_lies_about_sizes_is_rejected():
