@@ -146,8 +146,8 @@ def refit_layer(layer: nn.Conv2d | nn.Linear, mask: torch.Tensor | None, system:
     # primal, from the layer's whole Gram only where that costs no more than their own columns'
     # (fc1 has 2,157 inputs and a few primal rows of at most M = 256 kept ones). The choice
     # depends on the masks alone, so a reused system gives the same numbers as a fresh one.
-    primal = [len(s) for _, s in groups if len(s) <= len(a)]
-    whole = (d + 1) ** 2 <= sum(n * n for n in primal)
+    primal_sizes = [len(s) for _, s in groups if len(s) <= len(a)]
+    whole = (d + 1) ** 2 <= sum(n * n for n in primal_sizes)
     for idx, s in groups:
         if len(s) > len(a):
             sol = _dual_rows(system, cols[idx], w0b, idx, s, m[idx[0]])
