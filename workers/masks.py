@@ -178,17 +178,18 @@ def build(spec: nets.Spec, scores: Scores, amount: float, schedule: Schedule) ->
     matched: dict[int, np.ndarray] = {}
     for li in prunable_layers(spec):
         rows, cols = rc[li]
-        s = scores.weights[li][np.ix_(rows, cols)].reshape(-1)
-        mag = np.sort(scores.magnitudes[li][np.ix_(rows, cols)].reshape(-1))
-        if schedule.allocation not in ("relative", "magnitude", "uniform"):
-            raise MaskError(f"unknown allocation {schedule.allocation!r}")
-        if schedule.allocation == "uniform":  # every layer's scores mapped onto the same ranks
-            mag = (np.arange(len(mag)) + 0.5) / len(mag)
+        region = scores.weights[li][np.ix_(rows, cols)]
+        s = region.reshape(-1)
+        if schedule.allocation == "magnitude":  # the layer's own weight magnitudes
+            mag = np.sort(scores.magnitudes[li][np.ix_(rows, cols)].reshape(-1))
+        elif schedule.allocation == "uniform":  # every layer's scores mapped onto the same ranks
+            mag = (np.arange(len(s)) + 0.5) / len(s)
         elif schedule.allocation == "relative":  # share of its row's total score
-            region = scores.weights[li][np.ix_(rows, cols)]
             rel = region.reshape(len(rows), -1)
             rel = rel / np.maximum(rel.sum(1, keepdims=True), 1e-30)
             mag = np.sort(rel.reshape(-1))
+        else:
+            raise MaskError(f"unknown allocation {schedule.allocation!r}")
         ranked = np.empty_like(mag)
         ranked[np.argsort(s, kind="stable")] = mag
         matched[li] = ranked
