@@ -22,7 +22,7 @@ import torch
 
 from benchmarks import targets
 from qsae_shared.data import Split, load_split, preprocess
-from qsae_shared.distributions import DeviceStream, sample_evenly
+from qsae_shared.distributions import DeviceStream, Phase, sample_evenly
 from qsae_shared.sketch import Sketch, SketchBuilder, parse_sketch
 from workers import export, retrain, scenarios, training
 from workers.training import Checkpoint
@@ -100,10 +100,16 @@ def test_set(scenario: str, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 def validation_set(ck: Checkpoint, scenario: str, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """n held-out TRAINING images (never trained on) through the scenario's distribution, each
     class's images once before any repeats."""
+    return validation_images(ck, scenarios.profile(scenario).phases[0], n, 10_000 + seed)
+
+
+def validation_images(ck: Checkpoint, phase: Phase, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n held-out TRAINING images (the last `validation_images` of the split, never trained on)
+    through one phase's distribution, each class's images once before any repeats."""
     train = load_split("train")
     n_val = int(ck.config.get("validation_images", 5000))
     held = Split(train.images[len(train) - n_val:], train.labels[len(train) - n_val:])
-    x, y = sample_evenly(scenarios.profile(scenario).phases[0], n, held, np.random.default_rng(10_000 + seed))
+    x, y = sample_evenly(phase, n, held, np.random.default_rng(seed))
     return preprocess(x), y
 
 
