@@ -9,7 +9,8 @@ compute choice for the version's widths already measured on this machine (`worke
 keeps it on disk; widths come in multiples of 4, so a fleet meets the same few again and again).
 `per_device_seconds_cold`: the same retrains when each must first measure its widths (about a
 second more). `fleet`: the same N devices' retrains as Ray tasks through the dispatcher's task
-function, with 1 and then 2 Ray workers (CPUs), each starting from an empty compute-choice cache.
+function, in four rounds on 1, 2, 2 and 1 Ray workers (CPUs), each round starting from an empty
+compute-choice cache; per worker count, the two rounds' devices and seconds summed.
 Targets: <= 10 s per device; 2 workers >= 1.8x the throughput of 1.
 """
 
@@ -69,12 +70,14 @@ def main() -> None:
 
     import ray
 
-    fleet = []
     policy = {"kl_budget": DEFAULT_POLICY.kl_budget, "min_compression": DEFAULT_POLICY.min_compression}
-    for workers in (1, 2):
+    # Rounds in the order 1, 2, 2, 1 workers: the machine's speed drifts by tens of percent over
+    # minutes here, and this order cancels a steady drift out of the ratio of the two sums.
+    rounds: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    for i, workers in enumerate((1, 2, 2, 1)):
         if ray.is_initialized():
             ray.shutdown()
-        runtime_choice.use_cache_file(scratch / f"fleet-{workers}.json")  # the same (empty) start for both
+        runtime_choice.use_cache_file(scratch / f"fleet-{i}.json")  # the same (empty) start for every round
         init_ray(None, num_cpus=workers)
         task = ray.remote(num_cpus=1)(_retrain_task)
         ck_ref = ray.put(ck)
@@ -86,9 +89,11 @@ def main() -> None:
                 for d in devices[:n_fleet]]
         busy = sum(r["seconds"] for r in ray.get(refs))
         seconds = time.perf_counter() - t0
-        fleet.append({"workers": workers, "devices": n_fleet, "seconds": seconds, "task_seconds": busy})
-        print(f"fleet: {n_fleet} retrains on {workers} Ray worker(s): {seconds:.1f} s "
+        rounds[workers].append((seconds, busy))
+        print(f"fleet round {i + 1}/4: {n_fleet} retrains on {workers} Ray worker(s): {seconds:.1f} s "
               f"(the tasks' own time {busy:.1f} s, workers busy {busy / (workers * seconds):.0%})", flush=True)
+    fleet = [{"workers": w, "devices": n_fleet * len(r), "seconds": sum(s for s, _ in r),
+              "task_seconds": sum(b for _, b in r), "round_seconds": [s for s, _ in r]} for w, r in rounds.items()]
     ray.shutdown()
     verdicts = targets.retrain_verdicts({"per_device_seconds": per_device, "fleet": fleet})
     print("\n".join(targets.lines(verdicts)), flush=True)
