@@ -1,4 +1,4 @@
-"""`qsae-fleet`: the server-side command line (serve, db, apikey, device, demo).
+"""`qsae-fleet`: the server-side command line (serve, db, apikey, device, policy, keys, demo).
 
 Commands that train import `workers` lazily, so the control plane itself never loads torch.
 """
@@ -20,10 +20,12 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 apikey_app = typer.Typer(help="Operator API keys.", no_args_is_help=True)
 device_app = typer.Typer(help="Devices (the operator API, from the shell).", no_args_is_help=True)
 keys_app = typer.Typer(help="Manifest signing keys (rotation: docs/security.md).", no_args_is_help=True)
+policy_app = typer.Typer(help="Re-prune policies: `default` and per-cohort (docs/dynamic-loop.md).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(device_app, name="device")
 app.add_typer(keys_app, name="keys")
+app.add_typer(policy_app, name="policy")
 
 
 def _setup_logging() -> None:
@@ -184,6 +186,54 @@ def device_create(name: str, base_model: str = typer.Option(..., help="registere
     finally:
         store.close()
     typer.echo(json.dumps({"device_id": d.id, "enrollment_token": token}))
+
+
+@policy_app.command("list")
+def policy_list() -> None:
+    """Print every policy; a cohort without its own follows `default`."""
+    from control_plane.services import policies
+
+    store = _store()
+    try:
+        rows = store.db.run(policies.list_policies)
+    finally:
+        store.close()
+    typer.echo(json.dumps([p.model_dump(mode="json") for p in rows], indent=1))
+
+
+@policy_app.command("set")
+def policy_set(name: str = typer.Argument(..., help="`default` or a cohort's name"),
+               kl_budget: float = typer.Option(None, help="most KL(dense || pruned) a version may cost, nats"),
+               min_compression: float = typer.Option(None, help="least compression worth deploying"),
+               accuracy_drop_pp: float = typer.Option(None, help="re-prune when accuracy falls this many points"),
+               drift_threshold: float = typer.Option(None, help="re-prune above this histogram drift (JS, 0..1)"),
+               interval_s: float = typer.Option(None, help="re-prune at least this often, seconds"),
+               auto_deploy: bool = typer.Option(None, "--auto-deploy/--no-auto-deploy",
+                                                help="deploy a passing version without a rollout")) -> None:
+    """Change some values of a policy and print it as stored.
+
+    The values not given stay as they are; a new cohort policy starts from `default`."""
+    from pydantic import ValidationError
+
+    from control_plane.schemas import PolicyValues
+    from control_plane.services import policies
+
+    changes = {k: v for k, v in {"kl_budget": kl_budget, "min_compression": min_compression,
+                                 "accuracy_drop_pp": accuracy_drop_pp, "drift_threshold": drift_threshold,
+                                 "interval_s": interval_s, "auto_deploy": auto_deploy}.items() if v is not None}
+    if not changes:
+        raise typer.BadParameter("give at least one value to change (see --help)")
+    store = _store()
+    try:
+        current = store.db.run(policies.effective_policy, name)
+        try:
+            values = PolicyValues(**{**current.model_dump(exclude={"name", "updated_at"}), **changes})
+        except ValidationError as exc:
+            raise typer.BadParameter("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None
+        stored = store.db.run(policies.put_policy, name, values, actor="system:cli")
+    finally:
+        store.close()
+    typer.echo(json.dumps(stored.model_dump(mode="json"), indent=1))
 
 
 @keys_app.command("list")
