@@ -203,12 +203,12 @@ def policy_list() -> None:
 
 @policy_app.command("set")
 def policy_set(name: str = typer.Argument(..., help="`default` or a cohort's name"),
-               kl_budget: float = typer.Option(None, help="most KL(dense || pruned) a version may cost, nats"),
-               min_compression: float = typer.Option(None, help="least compression worth deploying"),
-               accuracy_drop_pp: float = typer.Option(None, help="re-prune when accuracy falls this many points"),
-               drift_threshold: float = typer.Option(None, help="re-prune above this histogram drift (JS, 0..1)"),
-               interval_s: float = typer.Option(None, help="re-prune at least this often, seconds"),
-               auto_deploy: bool = typer.Option(None, "--auto-deploy/--no-auto-deploy",
+               kl_budget: float | None = typer.Option(None, help="most KL(dense || pruned) a version may cost, nats"),
+               min_compression: float | None = typer.Option(None, help="least compression worth deploying"),
+               accuracy_drop_pp: float | None = typer.Option(None, help="re-prune when accuracy falls this many points"),
+               drift_threshold: float | None = typer.Option(None, help="re-prune above this histogram drift (JS, 0..1)"),
+               interval_s: float | None = typer.Option(None, help="re-prune at least this often, seconds"),
+               auto_deploy: bool | None = typer.Option(None, "--auto-deploy/--no-auto-deploy",
                                                 help="deploy a passing version without a rollout")) -> None:
     """Change some values of a policy and print it as stored.
 
