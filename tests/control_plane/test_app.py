@@ -146,58 +146,55 @@ def test_migrations_match_the_models(db_url):
     assert diff == []
 
 
-def test_cli_db_upgrade_and_apikey(tmp_path, monkeypatch):
-    from control_plane.cli import app
+@pytest.fixture
+def cli_state(tmp_path, monkeypatch):
+    """The CLI's settings pointed at an empty state folder (SQLite), for one test."""
     from control_plane.settings import get_settings
 
     monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("FLEET_DATABASE_URL", raising=False)
     get_settings.cache_clear()
-    try:
-        runner = CliRunner()
-        up = runner.invoke(app, ["db", "upgrade"])
-        from control_plane.db.migrate import head_revision
-
-        assert up.exit_code == 0 and f"revision {head_revision()}" in up.output
-        made = runner.invoke(app, ["apikey", "create", "--role", "viewer", "--name", "ci"])
-        key = json.loads(made.output)
-        assert key["role"] == "viewer" and key["api_key"].startswith("qk_")
-        dev = runner.invoke(app, ["device", "create", "cam-cli", "--base-model", "m", "--label", "cohort=x"])
-        assert json.loads(dev.output)["enrollment_token"].startswith("qe_")
-        assert runner.invoke(app, ["apikey", "create", "--role", "king"]).exit_code != 0
-        with TestClient(create_app(Settings(state_dir=tmp_path))) as c:
-            assert c.get("/api/v1/devices", headers=bearer(key["api_key"])).json()["total"] == 1
-    finally:
-        get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
 
 
-def test_cli_policy_set_changes_only_the_values_given(tmp_path, monkeypatch):
+def test_cli_db_upgrade_and_apikey(cli_state):
+    from control_plane.cli import app
+    from control_plane.db.migrate import head_revision
+
+    runner = CliRunner()
+    up = runner.invoke(app, ["db", "upgrade"])
+    assert up.exit_code == 0 and f"revision {head_revision()}" in up.output
+    made = runner.invoke(app, ["apikey", "create", "--role", "viewer", "--name", "ci"])
+    key = json.loads(made.output)
+    assert key["role"] == "viewer" and key["api_key"].startswith("qk_")
+    dev = runner.invoke(app, ["device", "create", "cam-cli", "--base-model", "m", "--label", "cohort=x"])
+    assert json.loads(dev.output)["enrollment_token"].startswith("qe_")
+    assert runner.invoke(app, ["apikey", "create", "--role", "king"]).exit_code != 0
+    with TestClient(create_app(Settings(state_dir=cli_state))) as c:
+        assert c.get("/api/v1/devices", headers=bearer(key["api_key"])).json()["total"] == 1
+
+
+def test_cli_policy_set_changes_only_the_values_given(cli_state):
     from control_plane.cli import app
     from control_plane.services.policies import DEFAULT_POLICY
-    from control_plane.settings import get_settings
 
-    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path))
-    monkeypatch.delenv("FLEET_DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    try:
-        runner = CliRunner()
-        assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
-        made = runner.invoke(app, ["policy", "set", "retail", "--kl-budget", "0.09", "--no-auto-deploy"])
-        assert made.exit_code == 0, made.output
-        retail = json.loads(made.output)
-        assert (retail["name"], retail["kl_budget"], retail["auto_deploy"]) == ("retail", 0.09, False)
-        assert retail["drift_threshold"] == DEFAULT_POLICY.drift_threshold  # the rest from `default`
-        bad = runner.invoke(app, ["policy", "set", "retail", "--kl-budget", "-1", "--min-compression", "4"])
-        assert bad.exit_code != 0 and "kl_budget" in bad.output
-        assert runner.invoke(app, ["policy", "set", "retail"]).exit_code != 0  # nothing to change
-        listed = {p["name"]: p for p in json.loads(runner.invoke(app, ["policy", "list"]).output)}
-        assert listed["default"]["kl_budget"] == DEFAULT_POLICY.kl_budget
-        assert (listed["retail"]["kl_budget"], listed["retail"]["min_compression"]) == (0.09, DEFAULT_POLICY.min_compression)
-        with TestClient(create_app(Settings(state_dir=tmp_path))) as c:
-            viewer = json.loads(runner.invoke(app, ["apikey", "create", "--role", "viewer"]).output)["api_key"]
-            assert c.get("/api/v1/policies/retail", headers=bearer(viewer)).json()["kl_budget"] == 0.09
-    finally:
-        get_settings.cache_clear()
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    made = runner.invoke(app, ["policy", "set", "retail", "--kl-budget", "0.09", "--no-auto-deploy"])
+    assert made.exit_code == 0, made.output
+    retail = json.loads(made.output)
+    assert (retail["name"], retail["kl_budget"], retail["auto_deploy"]) == ("retail", 0.09, False)
+    assert retail["drift_threshold"] == DEFAULT_POLICY.drift_threshold  # the rest from `default`
+    bad = runner.invoke(app, ["policy", "set", "retail", "--kl-budget", "-1", "--min-compression", "4"])
+    assert bad.exit_code != 0 and "kl_budget" in bad.output
+    assert runner.invoke(app, ["policy", "set", "retail"]).exit_code != 0  # nothing to change
+    listed = {p["name"]: p for p in json.loads(runner.invoke(app, ["policy", "list"]).output)}
+    assert listed["default"]["kl_budget"] == DEFAULT_POLICY.kl_budget
+    assert (listed["retail"]["kl_budget"], listed["retail"]["min_compression"]) == (0.09, DEFAULT_POLICY.min_compression)
+    with TestClient(create_app(Settings(state_dir=cli_state))) as c:
+        viewer = json.loads(runner.invoke(app, ["apikey", "create", "--role", "viewer"]).output)["api_key"]
+        assert c.get("/api/v1/policies/retail", headers=bearer(viewer)).json()["kl_budget"] == 0.09
 
 
 def test_importing_the_app_loads_neither_torch_nor_ray():
