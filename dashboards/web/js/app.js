@@ -10,6 +10,7 @@ import * as device from "./pages/device.js";
 import * as jobs from "./pages/jobs.js";
 import * as versions from "./pages/versions.js";
 import * as rollouts from "./pages/rollouts.js";
+import * as policies from "./pages/policies.js";
 import * as login from "./pages/login.js";
 
 const ROUTES = [
@@ -19,6 +20,7 @@ const ROUTES = [
   { re: /^\/jobs$/, page: jobs, nav: "jobs" },
   { re: /^\/versions$/, page: versions, nav: "versions" },
   { re: /^\/rollouts$/, page: rollouts, nav: "rollouts" },
+  { re: /^\/policies$/, page: policies, nav: "policies" },
 ];
 
 // How often pages refresh, ms. `?poll=<ms>` in the URL overrides it (tests use a short one).
