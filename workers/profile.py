@@ -73,13 +73,35 @@ def _bins(conf: np.ndarray) -> np.ndarray:
     return np.clip((conf * CONFIDENCE_BINS).astype(int), 0, CONFIDENCE_BINS - 1)
 
 
-def _per_bin_accuracy(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(B,) accuracy per confidence bin (the bin's mid-point where too few samples)."""
+def _per_bin_accuracy(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray,
+                      weights: np.ndarray | None = None) -> np.ndarray:
+    """(B,) accuracy per confidence bin (the bin's mid-point where too few samples); with `weights`,
+    the weighted accuracy where a bin holds weight, else the unweighted one."""
     bins = _bins(conf)
     counts = np.bincount(bins, minlength=CONFIDENCE_BINS)
     sums = np.bincount(bins, weights=correct.astype(np.float64), minlength=CONFIDENCE_BINS)
     mid = (edges[:-1] + edges[1:]) / 2  # a calibrated model's accuracy
-    return np.where(counts >= MIN_BIN_SAMPLES, sums / np.maximum(counts, 1), mid)
+    acc = np.where(counts >= MIN_BIN_SAMPLES, sums / np.maximum(counts, 1), mid)
+    if weights is not None:
+        w = np.bincount(bins, weights=weights, minlength=CONFIDENCE_BINS)
+        ws = np.bincount(bins, weights=weights * correct, minlength=CONFIDENCE_BINS)
+        acc = np.where((counts >= MIN_BIN_SAMPLES) & (w > 0), ws / np.maximum(w, 1e-12), acc)
+    return acc
+
+
+def _class_mix_weights(labels: np.ndarray, ref_val_pred: np.ndarray, ref_device_pred: np.ndarray,
+                       classes: int) -> np.ndarray:
+    """(V,) weight of each validation image so that the validation set takes the device's class mix,
+    estimated without a label from the reference model's predictions on the device's calibration
+    set. The reference confuses classes, so its predicted mix is not the true one: the true mix w
+    solves P_device(predicted i) = sum_j P_validation(predicted i, class j) w_j (black-box shift
+    estimation, Lipton et al. 2018), least squares, clipped at 0. A footwear shop's version is then
+    judged on footwear, not on every class."""
+    joint = np.zeros((classes, classes))
+    np.add.at(joint, (ref_val_pred, labels), 1.0 / max(len(labels), 1))
+    device = np.bincount(ref_device_pred, minlength=classes) / max(len(ref_device_pred), 1)
+    w = np.clip(np.linalg.lstsq(joint, device, rcond=None)[0], 0.0, None)
+    return w[labels]
 
 
 def _pooled_accuracy(conf: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -125,10 +147,12 @@ def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Ten
         ref_val = prof.val_probs  # (V, K)
         ref_cal = torch.softmax(reference_logits, 1).numpy()  # (N, K)
         ref_right = ref_val.argmax(1) == prof.val_labels
-        ref_acc = _per_bin_accuracy(ref_val.max(1), ref_right, edges)
+        weights = _class_mix_weights(prof.val_labels, ref_val.argmax(1), ref_cal.argmax(1), ref_val.shape[1])
+        ref_acc = _per_bin_accuracy(ref_val.max(1), ref_right, edges, weights)
         against_wrong = (probs.argmax(1) != ref_val.argmax(1)) & ~ref_right
-        right_against_wrong = (float((probs.argmax(1) == prof.val_labels)[against_wrong].mean())
-                               if against_wrong.any() else 0.0)
+        w_against = weights * against_wrong
+        right_against_wrong = (float((w_against * (probs.argmax(1) == prof.val_labels)).sum() / w_against.sum())
+                               if w_against.sum() > 0 else 0.0)
         p_ref = ref_acc[_bins(ref_cal.max(1))]
         expected = np.where(cal_pred == ref_cal.argmax(1), p_ref, (1 - p_ref) * right_against_wrong)  # (N,)
         acc = _pooled_accuracy(cal_conf, expected)
