@@ -9,6 +9,8 @@ on, never the test split), against the dense network on the same images.
 The rule (docs/dynamic-loop.md, written before its figures were seen): the largest budget whose
 mean accuracy over the device-phases is within `--margin` (0.5) pp of dense, leaving the rest of
 P3's 1 pp for the real loop's lag; if none but the product default qualifies, the default.
+Each row also carries the agent's label-free estimate of the version's accuracy on the same
+images, from the manifest's confidence profile (`estimate_error_pp`: estimate minus truth).
 `--quick`: the first three devices, 1,000 images a phase.
 """
 
@@ -18,7 +20,6 @@ import numpy as np
 
 from benchmarks.common import (
     BaseRuntime,
-    artifact_correct,
     base_checkpoint,
     onnx_correct,
     parser,
@@ -28,7 +29,9 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.dynamic import FULL, QUICK, phase_sketches
+from edge_agent.estimator import ConfidenceEstimator
 from edge_agent.simulator import expand_profiles
+from qsae_shared import artifact
 from workers import export
 from workers.demo import _scaled_scenario
 from workers.policy import DEFAULT_POLICY, Policy
@@ -66,20 +69,28 @@ def main() -> None:
         for prof, i, x, y, dense_acc in cases:
             progress(f"KL {budget}: {prof.device_id} / {prof.phases[i].name}")
             result = retrain(ck, phase_sketches(runtime, prof, i), Policy(kl_budget=budget), device_id=prof.device_id)
-            acc = float(artifact_correct(result.files[MODEL_FILE], x, y).mean())
+            logits = export.logits(export.session(artifact.to_onnx(artifact.unpack(result.files[MODEL_FILE]))), x)
+            acc = float((logits.argmax(1) == y).mean())
+            probs = np.exp(logits - logits.max(1, keepdims=True))
+            confidence = (probs / probs.sum(1, keepdims=True)).max(1)
+            estimate = ConfidenceEstimator(result.manifest.confidence_profile).estimate(confidence)
             mine.append({"kl_budget": budget, "device": prof.device_id, "phase": prof.phases[i].name,
                          "compression_ratio": result.metrics["compression_ratio"], "kl": result.metrics["kl"],
                          "accuracy": acc, "dense_accuracy": dense_acc, "drop_pp": 100 * (dense_acc - acc),
+                         "estimated_accuracy": estimate, "estimate_error_pp": 100 * ((estimate or 0.0) - acc),
                          "images": len(y)})
             print(f"{budget:>6} {prof.device_id:>16} {prof.phases[i].name:>14} "
-                  f"{mine[-1]['compression_ratio']:6.1f}x {100 * acc:6.2f}% (dense {100 * dense_acc:6.2f}%)", flush=True)
+                  f"{mine[-1]['compression_ratio']:6.1f}x {100 * acc:6.2f}% (dense {100 * dense_acc:6.2f}%, "
+                  f"estimate {mine[-1]['estimate_error_pp']:+.2f} pp)", flush=True)
         rows += mine
         summary.append({"kl_budget": budget, "mean_compression_ratio": float(np.mean([r["compression_ratio"] for r in mine])),
-                        "mean_drop_pp": float(np.mean([r["drop_pp"] for r in mine]))})
+                        "mean_drop_pp": float(np.mean([r["drop_pp"] for r in mine])),
+                        "mean_abs_estimate_error_pp": float(np.mean([abs(r["estimate_error_pp"]) for r in mine]))})
     chosen = choose(summary, args.margin)
-    print(f"{'KL budget':>10} {'compr.':>7} {'drop':>8}")
+    print(f"{'KL budget':>10} {'compr.':>7} {'drop':>8} {'|estimate error|':>17}")
     for s in summary:
-        print(f"{s['kl_budget']:>10} {s['mean_compression_ratio']:6.1f}x {s['mean_drop_pp']:+7.2f}pp"
+        print(f"{s['kl_budget']:>10} {s['mean_compression_ratio']:6.1f}x {s['mean_drop_pp']:+7.2f}pp "
+              f"{s['mean_abs_estimate_error_pp']:15.2f}pp"
               + ("  <- chosen" if s["kl_budget"] == chosen else ""))
     write_json(args.json, "fleet_budget", rows, summary=summary, chosen=chosen, margin_pp=args.margin,
                devices=plan.devices, images_per_phase=n_images, split="validation")
