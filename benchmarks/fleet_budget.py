@@ -16,6 +16,8 @@ images, from the manifest's confidence profile (`estimate_error_pp`: estimate mi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from benchmarks.common import (
@@ -65,7 +67,7 @@ def main() -> None:
             cases.append((prof, i, x, y, float(onnx_correct(dense, x, y).mean())))
     rows, summary = [], []
     for budget in budgets:
-        mine = []
+        mine: list[dict[str, Any]] = []
         for prof, i, x, y, dense_acc in cases:
             progress(f"KL {budget}: {prof.device_id} / {prof.phases[i].name}")
             result = retrain(ck, phase_sketches(runtime, prof, i), Policy(kl_budget=budget), device_id=prof.device_id)
