@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from benchmarks import targets
+from edge_agent.model import softmax
 from qsae_shared.data import Split, load_split, preprocess
-from qsae_shared.distributions import DeviceStream, Phase, sample_evenly
+from qsae_shared.distributions import DeviceProfile, DeviceStream, Phase, sample_evenly
 from qsae_shared.sketch import Sketch, SketchBuilder, parse_sketch
 from workers import export, retrain, scenarios, training
 from workers.training import Checkpoint
@@ -67,6 +68,12 @@ class BaseRuntime:
     def sketches(self, scenario: str, seed: int, size: int = 512, window: int = 100) -> list[Sketch]:
         """Uploads of one device on `scenario` (training images) until `size` samples exist."""
         prof = scenarios.profile(scenario, seed=seed, device_id=f"bench-{scenario}-{seed}")
+        return self.profile_sketches(prof, size, window, seed)
+
+    def profile_sketches(self, prof: DeviceProfile, size: int = 512, window: int = 100,
+                         seed: int = 0) -> list[Sketch]:
+        """Uploads of a device with profile `prof` (training images, `window` inferences each,
+        the sketch builder's reservoir seeded by `seed`) until `size` samples exist."""
         stream = DeviceStream(prof, split="train", role="calibration")
         builder = SketchBuilder(prof.device_id, self.ck.name, self.hist_edges, seed=seed)
         out: list[Sketch] = []
@@ -76,16 +83,11 @@ class BaseRuntime:
             batch = stream.next_batch(window)
             logits, stem = export.run(self.session, preprocess(batch.images))
             now += window
-            builder.update(stem, _softmax(logits), now=now)
+            builder.update(stem, softmax(logits), now=now)
             s = parse_sketch(builder.emit())
             out.append(s)
             have += s.num_samples
         return out
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def test_set(scenario: str, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,10 +120,15 @@ def onnx_correct(model_onnx: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return export.logits(export.session(model_onnx), x).argmax(1) == y
 
 
-def artifact_correct(blob: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def artifact_logits(blob: bytes, x: np.ndarray) -> np.ndarray:
+    """(N, K) logits of a packed artifact in ONNX Runtime, as a device computes them."""
     from qsae_shared import artifact
 
-    return onnx_correct(artifact.to_onnx(artifact.unpack(blob)), x, y)
+    return export.logits(export.session(artifact.to_onnx(artifact.unpack(blob))), x)
+
+
+def artifact_correct(blob: bytes, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return artifact_logits(blob, x).argmax(1) == y
 
 
 def onnx_accuracy(model_onnx: bytes, x: np.ndarray, y: np.ndarray) -> float:

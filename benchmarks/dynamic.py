@@ -41,9 +41,8 @@ from benchmarks.common import (
 )
 from edge_agent.simulator import expand_profiles
 from qsae_shared.compression import dense_fp32_bytes
-from qsae_shared.data import preprocess
-from qsae_shared.distributions import DeviceProfile, DeviceStream
-from qsae_shared.sketch import SketchBuilder, parse_sketch
+from qsae_shared.distributions import DeviceProfile
+from qsae_shared.sketch import Sketch
 from workers import export, figures, nets
 from workers.demo import DemoPlan, FleetSession, _scaled_scenario, print_results, replay_streams
 from workers.policy import DEFAULT_POLICY, Policy
@@ -72,21 +71,10 @@ def per_phase(report: Any, profiles: list[DeviceProfile], images: Sequence[tuple
     return rows
 
 
-def phase_sketches(runtime: BaseRuntime, prof: DeviceProfile, phase: int = 0, size: int = 512) -> list[Any]:
+def phase_sketches(runtime: BaseRuntime, prof: DeviceProfile, phase: int = 0, size: int = 512) -> list[Sketch]:
     """Uploads of one phase of a device, from training images (a static method sees phase 0 once)."""
     one = DeviceProfile(prof.device_id, (prof.phases[phase],), prof.seed)
-    stream = DeviceStream(one, split="train", role="calibration")
-    builder = SketchBuilder(prof.device_id, runtime.ck.name, runtime.hist_edges)
-    sketches, have = [], 0
-    while have < size:
-        batch = stream.next_batch(128)
-        logits, stem = export.run(runtime.session, preprocess(batch.images))
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        builder.update(stem, probs / probs.sum(1, keepdims=True))
-        s = parse_sketch(builder.emit())
-        sketches.append(s)
-        have += s.num_samples
-    return sketches
+    return runtime.profile_sketches(one, size, window=128)
 
 
 def main() -> None:

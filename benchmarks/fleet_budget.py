@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.common import (
     BaseRuntime,
+    artifact_logits,
     base_checkpoint,
     onnx_correct,
     parser,
@@ -32,8 +33,8 @@ from benchmarks.common import (
 )
 from benchmarks.dynamic import FULL, QUICK, phase_sketches
 from edge_agent.estimator import ConfidenceEstimator
+from edge_agent.model import softmax
 from edge_agent.simulator import expand_profiles
-from qsae_shared import artifact
 from workers import export
 from workers.demo import _scaled_scenario
 from workers.policy import DEFAULT_POLICY, Policy
@@ -71,11 +72,9 @@ def main() -> None:
         for prof, i, x, y, dense_acc in cases:
             progress(f"KL {budget}: {prof.device_id} / {prof.phases[i].name}")
             result = retrain(ck, phase_sketches(runtime, prof, i), Policy(kl_budget=budget), device_id=prof.device_id)
-            logits = export.logits(export.session(artifact.to_onnx(artifact.unpack(result.files[MODEL_FILE]))), x)
+            logits = artifact_logits(result.files[MODEL_FILE], x)
             acc = float((logits.argmax(1) == y).mean())
-            probs = np.exp(logits - logits.max(1, keepdims=True))
-            confidence = (probs / probs.sum(1, keepdims=True)).max(1)
-            estimate = ConfidenceEstimator(result.manifest.confidence_profile).estimate(confidence)
+            estimate = ConfidenceEstimator(result.manifest.confidence_profile).estimate(softmax(logits).max(1))
             mine.append({"kl_budget": budget, "device": prof.device_id, "phase": prof.phases[i].name,
                          "compression_ratio": result.metrics["compression_ratio"], "kl": result.metrics["kl"],
                          "accuracy": acc, "dense_accuracy": dense_acc, "drop_pp": 100 * (dense_acc - acc),
