@@ -150,8 +150,9 @@ def confidence_profile(head: nn.Module, prof: BaseProfile, calib_stem: torch.Ten
         weights = _class_mix_weights(prof.val_labels, ref_val.argmax(1), ref_cal.argmax(1), ref_val.shape[1])
         ref_acc = _per_bin_accuracy(ref_val.max(1), ref_right, edges, weights)
         against_wrong = (probs.argmax(1) != ref_val.argmax(1)) & ~ref_right
-        # Where the device's classes never meet a wrong reference on validation, every class counts alike.
-        w_against = weights * against_wrong if (weights * against_wrong).sum() > 0 else against_wrong.astype(float)
+        w_against = weights * against_wrong
+        if w_against.sum() == 0:  # the device's classes never meet a wrong reference: every class counts
+            w_against = against_wrong.astype(float)
         right_against_wrong = (float((w_against * (probs.argmax(1) == prof.val_labels)).sum() / w_against.sum())
                                if w_against.sum() > 0 else 0.0)
         p_ref = ref_acc[_bins(ref_cal.max(1))]
